@@ -1,0 +1,527 @@
+//! Executing a command against an aggregate: load, decide, append, commit, with
+//! - optimistic concurrency: the events table's primary key refuses a second writer of the
+//!   same version; the loser reloads and decides again, a bounded number of times;
+//! - one writer per aggregate inside a process (a keyed async lock), so a process never
+//!   conflicts with itself: conflicts come only from other processes;
+//! - expected versions (`If-Match`);
+//! - idempotency keys, recorded in the same transaction as the events, so a retried
+//!   request replays the first outcome and appends nothing.
+//!
+//! Not here: what the HTTP status of each outcome is (`write-side`), and the rules
+//! (`domain`). The executor knows aggregates only through the cqrs-es `Aggregate` trait.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::EventUpcaster;
+use rand::Rng;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::event_store::stream::{self, AppendError, SnapshotPolicy};
+use crate::event_store::{EventMetadata, StoreError, StreamId, is_lock_timeout};
+use crate::keyed_lock::KeyedLocks;
+
+/// The version a caller expects the aggregate to be at (from `If-Match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Exactly this version.
+    Exactly(u64),
+    /// Any version, as long as the aggregate exists (`If-Match: *`).
+    Exists,
+}
+
+impl ExpectedVersion {
+    fn admits(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Exactly(expected) => expected == actual,
+            ExpectedVersion::Exists => actual > 0,
+        }
+    }
+}
+
+/// A client's idempotency key with a digest of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    key: String,
+    request_hash: [u8; 32],
+}
+
+/// Why a string is not a usable idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "an idempotency key must be 1 to {max} visible ASCII characters (a UUID is a good choice)",
+    max = IdempotencyKey::MAX_LEN
+)]
+pub struct InvalidIdempotencyKey;
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    /// `request_hash` identifies the request (method, route, parameters, body), so that the
+    /// same key sent with another request is recognised and refused.
+    pub fn new(key: &str, request_hash: [u8; 32]) -> Result<Self, InvalidIdempotencyKey> {
+        let valid = !key.is_empty()
+            && key.len() <= Self::MAX_LEN
+            && key.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(InvalidIdempotencyKey);
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            request_hash,
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// How one command is to be executed, beyond the command itself.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOptions {
+    pub expected_version: Option<ExpectedVersion>,
+    pub idempotency: Option<IdempotencyKey>,
+    pub metadata: EventMetadata,
+}
+
+/// A command that took effect (or had already taken effect, when `replayed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate the command ran against. For a replay, the one the first request used,
+    /// which matters when the caller mints ids (placing an order).
+    pub aggregate_id: String,
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// Global position of the aggregate's latest event: the consistency token a reader can
+    /// wait for. `None` only for an aggregate that still has no events.
+    pub position: Option<i64>,
+    /// Events this execution appended; 0 for a no-op and for a replay.
+    pub appended: usize,
+    /// True when an earlier request with the same idempotency key did the work.
+    pub replayed: bool,
+}
+
+/// Why a command did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command; nothing was stored.
+    #[error(transparent)]
+    Rejected(E),
+    #[error("expected version {expected:?}, but the aggregate is at version {actual}")]
+    VersionMismatch {
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// Other writers kept winning the race for the next version.
+    #[error("gave up after {attempts} attempts lost to concurrent writers")]
+    Conflict { attempts: u32 },
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused { key: String },
+    #[error("a request with idempotency key {key:?} is still being processed")]
+    IdempotencyKeyInFlight { key: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Tuning of an executor.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorPolicy {
+    /// Attempts per command when other processes win the race for a version.
+    pub max_attempts: u32,
+    pub snapshot: Option<SnapshotPolicy>,
+}
+
+impl ExecutorPolicy {
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+    pub fn without_snapshots() -> Self {
+        Self {
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            snapshot: None,
+        }
+    }
+
+    pub fn with_snapshots(every: u64, state_version: i32) -> Self {
+        Self {
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            snapshot: Some(SnapshotPolicy {
+                every,
+                state_version,
+            }),
+        }
+    }
+}
+
+/// Executes commands against aggregates of type `A`. Cheap to clone; clones share the
+/// per-aggregate locks, so every handler of one process must use clones of one executor.
+pub struct CommandExecutor<A: Aggregate> {
+    pool: PgPool,
+    services: Arc<A::Services>,
+    policy: ExecutorPolicy,
+    locks: KeyedLocks,
+    upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Clone for CommandExecutor<A> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            services: self.services.clone(),
+            policy: self.policy,
+            locks: self.locks.clone(),
+            upcasters: self.upcasters.clone(),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> std::fmt::Debug for CommandExecutor<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandExecutor")
+            .field("aggregate", &A::TYPE)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Attempt<E: std::error::Error + 'static> {
+    Done(Committed),
+    Conflict,
+    Failed(ExecuteError<E>),
+}
+
+impl<A> CommandExecutor<A>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::Error: 'static,
+{
+    pub fn new(pool: PgPool, services: A::Services, policy: ExecutorPolicy) -> Self {
+        Self {
+            pool,
+            services: Arc::new(services),
+            policy,
+            locks: KeyedLocks::new(),
+            upcasters: Arc::new(Vec::new()),
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Upcasters applied to stored events before they are deserialised.
+    pub fn with_upcasters(mut self, upcasters: Vec<Box<dyn EventUpcaster>>) -> Self {
+        self.upcasters = Arc::new(upcasters);
+        self
+    }
+
+    /// Runs `command` against aggregate `aggregate_id`.
+    ///
+    /// On success the events (if any) and the idempotency key (if any) are committed
+    /// together. Errors: `Rejected` (the domain said no), `VersionMismatch` (the
+    /// `expected_version` was stale), `Conflict` (other processes kept winning),
+    /// `IdempotencyKeyReused` / `IdempotencyKeyInFlight`, `Store` (the database failed; when
+    /// it failed at commit the outcome is unknown, and a retry with the same idempotency key
+    /// resolves it).
+    #[tracing::instrument(skip_all, fields(aggregate = A::TYPE, aggregate_id))]
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        options: CommandOptions,
+    ) -> Result<Committed, ExecuteError<A::Error>> {
+        tracing::Span::current().record("aggregate_id", aggregate_id);
+        let _guard = self.locks.lock(aggregate_id).await;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(aggregate_id, command.clone(), &options).await {
+                Attempt::Done(committed) => return Ok(committed),
+                Attempt::Failed(err) => return Err(err),
+                Attempt::Conflict if attempt >= self.policy.max_attempts => {
+                    return Err(ExecuteError::Conflict { attempts: attempt });
+                }
+                Attempt::Conflict => {
+                    tracing::debug!(attempt, "lost a race for the next version; retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        options: &CommandOptions,
+    ) -> Attempt<A::Error> {
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(source) => {
+                return Attempt::Failed(
+                    StoreError::Transaction {
+                        operation: "begin",
+                        source,
+                    }
+                    .into(),
+                );
+            }
+        };
+        // Dropping `tx` on any early return rolls everything back, the key claim included.
+        match self.run(&mut tx, aggregate_id, command, options).await {
+            Attempt::Done(committed) => {
+                if committed.replayed {
+                    // Nothing was written; end the transaction without a commit round trip.
+                    drop(tx);
+                    return Attempt::Done(committed);
+                }
+                match tx.commit().await {
+                    Ok(()) => Attempt::Done(committed),
+                    Err(source) => Attempt::Failed(
+                        StoreError::Transaction {
+                            operation: "commit",
+                            source,
+                        }
+                        .into(),
+                    ),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        command: A::Command,
+        options: &CommandOptions,
+    ) -> Attempt<A::Error> {
+        if let Some(idempotency) = &options.idempotency {
+            match claim_key(conn, idempotency, A::TYPE, aggregate_id).await {
+                Ok(Claim::Claimed) => {}
+                Ok(Claim::Replay(committed)) => return Attempt::Done(committed),
+                Err(err) => return Attempt::Failed(err.into_execute_error()),
+            }
+        }
+        let loaded = match stream::load::<A>(
+            conn,
+            aggregate_id,
+            self.policy.snapshot,
+            &self.upcasters,
+        )
+        .await
+        {
+            Ok(loaded) => loaded,
+            Err(err) => return Attempt::Failed(err.into()),
+        };
+        if let Some(expected) = options.expected_version
+            && !expected.admits(loaded.version)
+        {
+            return Attempt::Failed(ExecuteError::VersionMismatch {
+                expected,
+                actual: loaded.version,
+            });
+        }
+        let mut aggregate = loaded.aggregate;
+        let sink = EventSink::default();
+        if let Err(rejection) = aggregate.handle(command, &self.services, &sink).await {
+            return Attempt::Failed(ExecuteError::Rejected(rejection));
+        }
+        let events = sink.collect().await;
+        let (version, position) = if events.is_empty() {
+            let position = match loaded.last_position {
+                Some(position) => Some(position),
+                None if loaded.version == 0 => None,
+                None => {
+                    let stream = StreamId::new(A::TYPE, aggregate_id);
+                    match stream::position_of(conn, &stream, loaded.version).await {
+                        Ok(position) => position,
+                        Err(err) => return Attempt::Failed(err.into()),
+                    }
+                }
+            };
+            (loaded.version, position)
+        } else {
+            let mut metadata = options.metadata.clone();
+            if let Some(idempotency) = &options.idempotency {
+                metadata.idempotency_key = Some(idempotency.key.clone());
+            }
+            match stream::append::<A>(conn, aggregate_id, loaded.version, &events, &metadata).await
+            {
+                Ok(appended) => (appended.version, Some(appended.last_position)),
+                Err(AppendError::Conflict { .. }) => return Attempt::Conflict,
+                Err(AppendError::Store(err)) => return Attempt::Failed(err.into()),
+            }
+        };
+        if let Some(policy) = self.policy.snapshot
+            && stream::snapshot_due(policy, loaded.version, version)
+            && let Err(err) =
+                stream::save_snapshot(conn, aggregate_id, &aggregate, version, policy).await
+        {
+            return Attempt::Failed(err.into());
+        }
+        let committed = Committed {
+            aggregate_id: aggregate_id.to_owned(),
+            version,
+            position,
+            appended: events.len(),
+            replayed: false,
+        };
+        if let Some(idempotency) = &options.idempotency
+            && let Err(err) = record_key(conn, idempotency, &committed).await
+        {
+            return Attempt::Failed(err.into());
+        }
+        Attempt::Done(committed)
+    }
+}
+
+/// Sleeps 1-4 ms, then 2-8 ms, ... (doubling with full jitter), so racing writers spread out.
+async fn backoff(attempt: u32) {
+    let base = 1u64 << attempt.min(6);
+    let millis = rand::rng().random_range(base..=base * 4);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+enum Claim {
+    Claimed,
+    Replay(Committed),
+}
+
+enum ClaimError {
+    Reused { key: String },
+    InFlight { key: String },
+    Store(StoreError),
+}
+
+impl ClaimError {
+    fn into_execute_error<E: std::error::Error + 'static>(self) -> ExecuteError<E> {
+        match self {
+            ClaimError::Reused { key } => ExecuteError::IdempotencyKeyReused { key },
+            ClaimError::InFlight { key } => ExecuteError::IdempotencyKeyInFlight { key },
+            ClaimError::Store(err) => ExecuteError::Store(err),
+        }
+    }
+}
+
+/// Claims the key for this transaction, or finds the outcome of the request that used it.
+///
+/// If another transaction holds the key uncommitted, the INSERT waits for it (the primary
+/// key's uniqueness check), up to `lock_timeout`: when that transaction commits we replay
+/// its outcome; when it rolls back (the command was rejected) we run.
+async fn claim_key(
+    conn: &mut PgConnection,
+    idempotency: &IdempotencyKey,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Claim, ClaimError> {
+    let store_error = |source| {
+        ClaimError::Store(StoreError::Idempotency {
+            key: idempotency.key.clone(),
+            source,
+        })
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (idempotency_key, request_hash, aggregate_type, aggregate_id)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(&idempotency.key)
+    .bind(&idempotency.request_hash[..])
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(result) if result.rows_affected() == 1 => return Ok(Claim::Claimed),
+        Ok(_) => {}
+        Err(err) if is_lock_timeout(&err) => {
+            return Err(ClaimError::InFlight {
+                key: idempotency.key.clone(),
+            });
+        }
+        Err(err) => return Err(store_error(err)),
+    }
+    let row = sqlx::query(
+        "SELECT request_hash, aggregate_id, version, position
+           FROM idempotency_keys WHERE idempotency_key = $1",
+    )
+    .bind(&idempotency.key)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    let request_hash: Vec<u8> = row.try_get("request_hash").map_err(store_error)?;
+    if request_hash != idempotency.request_hash {
+        return Err(ClaimError::Reused {
+            key: idempotency.key.clone(),
+        });
+    }
+    let version: Option<i64> = row.try_get("version").map_err(store_error)?;
+    let Some(version) = version else {
+        // Only the claiming transaction can see a row without an outcome.
+        return Err(ClaimError::InFlight {
+            key: idempotency.key.clone(),
+        });
+    };
+    Ok(Claim::Replay(Committed {
+        aggregate_id: row.try_get("aggregate_id").map_err(store_error)?,
+        version: u64::try_from(version).unwrap_or(0),
+        position: row.try_get("position").map_err(store_error)?,
+        appended: 0,
+        replayed: true,
+    }))
+}
+
+/// Stores the outcome under the claimed key, in the command's transaction.
+async fn record_key(
+    conn: &mut PgConnection,
+    idempotency: &IdempotencyKey,
+    committed: &Committed,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET version = $2, position = $3 WHERE idempotency_key = $1",
+    )
+    .bind(&idempotency.key)
+    .bind(i64::try_from(committed.version).unwrap_or(i64::MAX))
+    .bind(committed.position)
+    .execute(conn)
+    .await
+    .map_err(|source| StoreError::Idempotency {
+        key: idempotency.key.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_up_to_255_bytes() {
+        assert!(IdempotencyKey::new("3f1c-retry-1", [0; 32]).is_ok());
+        assert_eq!(IdempotencyKey::new("", [0; 32]), Err(InvalidIdempotencyKey));
+        assert_eq!(
+            IdempotencyKey::new("a b", [0; 32]),
+            Err(InvalidIdempotencyKey)
+        );
+        assert_eq!(
+            IdempotencyKey::new("é", [0; 32]),
+            Err(InvalidIdempotencyKey)
+        );
+        assert!(IdempotencyKey::new(&"k".repeat(255), [0; 32]).is_ok());
+        assert!(IdempotencyKey::new(&"k".repeat(256), [0; 32]).is_err());
+    }
+
+    #[test]
+    fn expected_versions() {
+        assert!(ExpectedVersion::Exactly(3).admits(3));
+        assert!(!ExpectedVersion::Exactly(3).admits(4));
+        assert!(ExpectedVersion::Exists.admits(1));
+        assert!(!ExpectedVersion::Exists.admits(0));
+    }
+}

@@ -1,0 +1,185 @@
+//! Configuration, read once in `main` from the environment.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `DATABASE_URL` | `postgres://root@127.0.0.1:5432/root` | the event store and read models |
+//! | `DATABASE_MAX_CONNECTIONS` | `16` | pool size per service |
+//! | `DATABASE_MIGRATE` | `true` | run migrations at start-up |
+//! | `WRITE_ADDR` | `127.0.0.1:8080` | the command API's listen address |
+//! | `READ_ADDR` | `127.0.0.1:8081` | the query API's listen address |
+//! | `RUST_LOG` | `info` | tracing filter (`EnvFilter` syntax) |
+//! | `LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
+//!
+//! Nothing else reads the environment: everything downstream receives a [`Settings`].
+//! There is no `Default` for `Settings`, so a test states what it runs with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub write_api: HttpSettings,
+    pub read_api: HttpSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// May hold a password, so it is never printed.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+    /// A request still running after this is answered 503 and its work abandoned.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/root";
+
+/// Reads the process environment.
+pub fn load() -> Result<Settings, ConfigError> {
+    load_from(|name| std::env::var(name).ok())
+}
+
+/// Builds settings from any source of variables; `load` passes the environment, tests pass
+/// a map.
+pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    let database_url = var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+    Ok(Settings {
+        database: DatabaseSettings {
+            url: SecretString::from(database_url),
+            max_connections: parse(
+                &var,
+                "DATABASE_MAX_CONNECTIONS",
+                16,
+                "a number of connections",
+            )?,
+            migrate_on_start: parse(&var, "DATABASE_MIGRATE", true, "true or false")?,
+            lock_timeout: Duration::from_millis(parse(
+                &var,
+                "DATABASE_LOCK_TIMEOUT_MS",
+                5_000,
+                "milliseconds",
+            )?),
+            statement_timeout: Duration::from_millis(parse(
+                &var,
+                "DATABASE_STATEMENT_TIMEOUT_MS",
+                30_000,
+                "milliseconds",
+            )?),
+        },
+        write_api: HttpSettings {
+            addr: parse(
+                &var,
+                "WRITE_ADDR",
+                ([127, 0, 0, 1], 8080).into(),
+                "host:port",
+            )?,
+            request_timeout: Duration::from_secs(30),
+        },
+        read_api: HttpSettings {
+            addr: parse(
+                &var,
+                "READ_ADDR",
+                ([127, 0, 0, 1], 8081).into(),
+                "host:port",
+            )?,
+            request_timeout: Duration::from_secs(30),
+        },
+        telemetry: TelemetrySettings {
+            filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            format: match var("LOG_FORMAT").as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "LOG_FORMAT",
+                        value: other.to_owned(),
+                        expected: "text or json",
+                    });
+                }
+            },
+        },
+    })
+}
+
+fn parse<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
+            name,
+            value,
+            expected,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        load_from(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_run_against_the_local_database() {
+        let settings = from(&[]).unwrap();
+        assert_eq!(settings.database.url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(settings.write_api.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.read_api.addr.to_string(), "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let err = from(&[("WRITE_ADDR", "localhost")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "WRITE_ADDR=\"localhost\" is not valid: expected host:port"
+        );
+    }
+}

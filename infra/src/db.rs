@@ -1,0 +1,69 @@
+//! The PostgreSQL connection pool and the migrations that own every table.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::DatabaseSettings;
+
+/// Every table of the system, in `infra/migrations/`. Services run it at start-up (it takes
+/// an advisory lock, so replicas starting together are safe); tests run it per database.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("failed to connect to PostgreSQL")]
+    Connect(#[source] sqlx::Error),
+    #[error("failed to run database migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Parses the configured URL into connect options with our session settings.
+pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbError> {
+    let options: PgConnectOptions = settings
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(DbError::InvalidUrl)?;
+    Ok(tune(options, settings))
+}
+
+/// Session settings every connection of ours carries:
+/// - `lock_timeout` bounds how long a command waits behind another transaction (the first
+///   request of an idempotency key, or a writer of the same aggregate in another process);
+/// - `statement_timeout` turns a runaway query into an error instead of a stuck worker.
+pub fn tune(options: PgConnectOptions, settings: &DatabaseSettings) -> PgConnectOptions {
+    options.options([
+        (
+            "lock_timeout",
+            format!("{}ms", settings.lock_timeout.as_millis()),
+        ),
+        (
+            "statement_timeout",
+            format!("{}ms", settings.statement_timeout.as_millis()),
+        ),
+    ])
+}
+
+/// Opens a pool; fails if PostgreSQL cannot be reached within the acquire timeout.
+pub async fn connect(
+    options: PgConnectOptions,
+    settings: &DatabaseSettings,
+) -> Result<PgPool, DbError> {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await.map_err(DbError::Migrate)
+}

@@ -1,0 +1,341 @@
+//! The command executor: versions, rejections, retries and idempotency keys.
+
+use std::collections::HashSet;
+
+use domain::inventory::{InventoryError, InventoryItem, InventoryState};
+use infra::commands::{
+    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, ExpectedVersion, IdempotencyKey,
+};
+use infra::event_store::EventLog;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{inventory, register, registered_item, restock};
+
+async fn event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn keyed(key: &str, hash: u8) -> CommandOptions {
+    CommandOptions {
+        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).unwrap()),
+        ..CommandOptions::default()
+    }
+}
+
+async fn on_hand(pool: &PgPool, sku: &str) -> u64 {
+    let mut conn = pool.acquire().await.unwrap();
+    let loaded = infra::event_store::stream::load::<InventoryItem>(&mut conn, sku, None, &[])
+        .await
+        .unwrap();
+    match loaded.aggregate.state() {
+        InventoryState::Registered(levels) => levels.on_hand(),
+        InventoryState::Unregistered => panic!("{sku} is not registered"),
+    }
+}
+
+/// A pool whose sessions give up waiting for locks quickly, like the services' pools.
+async fn impatient_pool(connect: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .connect_with(connect.options([("lock_timeout", "200ms")]))
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_command_reports_the_new_version_and_the_position_of_its_last_event(pool: PgPool) {
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let first = items
+        .execute("SKU", register("SKU", 1), CommandOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.version, first.appended, first.replayed),
+        (1, 1, false)
+    );
+    let second = items
+        .execute("SKU", restock(2), CommandOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    let stream = EventLog::new(pool.clone())
+        .read_stream("inventory_item", "SKU")
+        .await
+        .unwrap();
+    assert_eq!(first.position, Some(stream[0].position));
+    assert_eq!(second.position, Some(stream[1].position));
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_no_op_command_reports_the_current_version_and_position(pool: PgPool) {
+    let items = registered_item(&pool, "SKU").await;
+    let order_id = domain::ids::OrderId::from(uuid::Uuid::from_bytes([1; 16]));
+    let release = domain::inventory::InventoryCommand::Release {
+        order_id,
+        at: crate::helpers::t(3),
+    };
+    let committed = items
+        .execute("SKU", release, CommandOptions::default())
+        .await
+        .unwrap();
+    let stream = EventLog::new(pool.clone())
+        .read_stream("inventory_item", "SKU")
+        .await
+        .unwrap();
+    assert_eq!(committed.appended, 0);
+    assert_eq!(
+        (committed.version, committed.position),
+        (1, Some(stream[0].position))
+    );
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_rejected_command_stores_nothing(pool: PgPool) {
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let err = items
+        .execute("NOPE", restock(1), CommandOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ExecuteError::Rejected(InventoryError::NotRegistered)
+    ));
+    assert_eq!(event_count(&pool).await, 0);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_stale_expected_version_is_refused_and_stores_nothing(pool: PgPool) {
+    let items = registered_item(&pool, "SKU").await;
+    items
+        .execute("SKU", restock(1), CommandOptions::default())
+        .await
+        .unwrap();
+    let stale = CommandOptions {
+        expected_version: Some(ExpectedVersion::Exactly(1)),
+        ..CommandOptions::default()
+    };
+    let err = items.execute("SKU", restock(1), stale).await.unwrap_err();
+    assert!(matches!(
+        err,
+        ExecuteError::VersionMismatch {
+            expected: ExpectedVersion::Exactly(1),
+            actual: 2
+        }
+    ));
+    let current = CommandOptions {
+        expected_version: Some(ExpectedVersion::Exactly(2)),
+        ..CommandOptions::default()
+    };
+    assert_eq!(
+        items
+            .execute("SKU", restock(1), current)
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    let exists = CommandOptions {
+        expected_version: Some(ExpectedVersion::Exists),
+        ..CommandOptions::default()
+    };
+    let err = items
+        .execute("OTHER", register("OTHER", 1), exists)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ExecuteError::VersionMismatch { actual: 0, .. }
+    ));
+    assert_eq!(event_count(&pool).await, 3);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn the_same_idempotency_key_replays_the_outcome_and_appends_nothing(pool: PgPool) {
+    let items = registered_item(&pool, "SKU").await;
+    let first = items
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .unwrap();
+    let again = items
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        (again.version, again.position),
+        (first.version, first.position)
+    );
+    assert_eq!(event_count(&pool).await, 2);
+    assert_eq!(on_hand(&pool, "SKU").await, 15);
+    let stream = EventLog::new(pool.clone())
+        .read_stream("inventory_item", "SKU")
+        .await
+        .unwrap();
+    assert_eq!(stream[1].idempotency_key.as_deref(), Some("k1"));
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn the_same_key_with_another_request_is_refused(pool: PgPool) {
+    let items = registered_item(&pool, "SKU").await;
+    items
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .unwrap();
+    let err = items
+        .execute("SKU", restock(6), keyed("k1", 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExecuteError::IdempotencyKeyReused { key } if key == "k1"));
+    assert_eq!(event_count(&pool).await, 2);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_rejected_command_does_not_burn_its_idempotency_key(pool: PgPool) {
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let err = items
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ExecuteError::Rejected(InventoryError::NotRegistered)
+    ));
+    items
+        .execute("SKU", register("SKU", 0), CommandOptions::default())
+        .await
+        .unwrap();
+    let retried = items
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .unwrap();
+    assert!(!retried.replayed);
+    assert_eq!(on_hand(&pool, "SKU").await, 5);
+}
+
+/// Twenty requests with one key race, through one process and through several: exactly one
+/// appends, and every other one replays its outcome.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn twenty_racing_requests_with_one_key_append_once(pool: PgPool) {
+    registered_item(&pool, "SKU").await;
+    let shared = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            // Even requests share one executor (one process); odd ones each get their own,
+            // as if sent to different replicas.
+            let items = if i % 2 == 0 {
+                shared.clone()
+            } else {
+                inventory(&pool, ExecutorPolicy::without_snapshots())
+            };
+            tokio::spawn(async move { items.execute("SKU", restock(3), keyed("race", 9)).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap().unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|c| !c.replayed).count(), 1);
+    let distinct: HashSet<_> = outcomes.iter().map(|c| (c.version, c.position)).collect();
+    assert_eq!(distinct.len(), 1, "every request reports the same outcome");
+    assert_eq!(event_count(&pool).await, 2);
+    assert_eq!(on_hand(&pool, "SKU").await, 13);
+}
+
+/// Two processes (two executors, no shared lock) write the same aggregate concurrently: the
+/// losers of each race reload and retry, and no write is lost.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn writers_in_two_processes_conflict_retry_and_lose_nothing(pool: PgPool) {
+    registered_item(&pool, "HOT").await;
+    let policy = ExecutorPolicy {
+        max_attempts: 50,
+        snapshot: None,
+    };
+    let processes = [inventory(&pool, policy), inventory(&pool, policy)];
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let items = processes[i % 2].clone();
+            tokio::spawn(async move {
+                items
+                    .execute("HOT", restock(1), CommandOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(on_hand(&pool, "HOT").await, 50);
+    assert_eq!(event_count(&pool).await, 41);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_writer_that_keeps_losing_gives_up_with_a_conflict(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = impatient_pool(connect).await;
+    infra::db::MIGRATOR.run(&pool).await.unwrap();
+    registered_item(&pool, "SKU").await;
+    // Another process appended version 2 and has not committed: our append must wait for
+    // it, and gives up at lock_timeout, twice.
+    let mut other = pool.begin().await.unwrap();
+    infra::event_store::stream::append::<InventoryItem>(
+        &mut other,
+        "SKU",
+        1,
+        &[domain::inventory::InventoryEvent::Restocked {
+            quantity: domain::money::Quantity::new(1).unwrap(),
+            at: crate::helpers::t(1),
+        }],
+        &infra::event_store::EventMetadata::default(),
+    )
+    .await
+    .unwrap();
+    let items = inventory(
+        &pool,
+        ExecutorPolicy {
+            max_attempts: 2,
+            snapshot: None,
+        },
+    );
+    let err = items
+        .execute("SKU", restock(1), CommandOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExecuteError::Conflict { attempts: 2 }));
+    other.rollback().await.unwrap();
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_key_held_by_a_request_in_flight_is_reported_after_the_lock_timeout(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = impatient_pool(connect).await;
+    infra::db::MIGRATOR.run(&pool).await.unwrap();
+    let items: CommandExecutor<InventoryItem> = registered_item(&pool, "SKU").await;
+    let mut first = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (idempotency_key, request_hash, aggregate_type, aggregate_id)
+         VALUES ('busy', '\\x00', 'inventory_item', 'SKU')",
+    )
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    let err = items
+        .execute("SKU", restock(1), keyed("busy", 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExecuteError::IdempotencyKeyInFlight { key } if key == "busy"));
+    first.rollback().await.unwrap();
+    assert!(
+        !items
+            .execute("SKU", restock(1), keyed("busy", 0))
+            .await
+            .unwrap()
+            .replayed
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the adapters against the real PostgreSQL: a fresh, migrated
+//! database per test (`#[sqlx::test]`), so they run in parallel.
+
+mod catalog;
+mod commands;
+mod global_log;
+mod helpers;
+mod postgres_es_compat;
+mod snapshots;

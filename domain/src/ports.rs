@@ -9,7 +9,7 @@ use crate::text::Sku;
 
 /// Where "now" comes from. Commands carry their time; the edge asks this port for it, so
 /// tests can pin it.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Timestamp;
 }
 

@@ -67,3 +67,11 @@ pub async fn connect(
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await.map_err(DbError::Migrate)
 }
+
+/// The pool type every crate receives; re-exported so the HTTP crates need not name sqlx.
+pub use sqlx::PgPool as Pool;
+
+/// A round trip to PostgreSQL, for readiness probes.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}

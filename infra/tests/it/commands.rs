@@ -16,21 +16,21 @@ async fn event_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await
-        .unwrap()
+        .expect("test setup")
 }
 
 fn keyed(key: &str, hash: u8) -> CommandOptions {
     CommandOptions {
-        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).unwrap()),
+        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).expect("test setup")),
         ..CommandOptions::default()
     }
 }
 
 async fn on_hand(pool: &PgPool, sku: &str) -> u64 {
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = pool.acquire().await.expect("test setup");
     let loaded = infra::event_store::stream::load::<InventoryItem>(&mut conn, sku, None, &[])
         .await
-        .unwrap();
+        .expect("test setup");
     match loaded.aggregate.state() {
         InventoryState::Registered(levels) => levels.on_hand(),
         InventoryState::Unregistered => panic!("{sku} is not registered"),
@@ -42,7 +42,7 @@ async fn impatient_pool(connect: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .connect_with(connect.options([("lock_timeout", "200ms")]))
         .await
-        .unwrap()
+        .expect("test setup")
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

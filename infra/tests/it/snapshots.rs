@@ -20,12 +20,12 @@ async fn write_history(pool: &PgPool, events: u32) {
     items
         .execute("SKU", register("SKU", 0), CommandOptions::default())
         .await
-        .unwrap();
+        .expect("test setup");
     for units in 1..events {
         items
             .execute("SKU", restock(units), CommandOptions::default())
             .await
-            .unwrap();
+            .expect("test setup");
     }
 }
 
@@ -35,7 +35,7 @@ async fn snapshot_row(pool: &PgPool) -> (i64, i64) {
     )
     .fetch_one(pool)
     .await
-    .unwrap()
+    .expect("test setup")
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

@@ -1,0 +1,79 @@
+//! Building and running the command API.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use infra::clock::SystemClock;
+use infra::config::{HttpSettings, Settings};
+use infra::db::Pool;
+use tokio::net::TcpListener;
+
+use crate::state::AppState;
+
+/// A bound, ready-to-run command API.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Connects to PostgreSQL, migrates (unless disabled), binds `WRITE_ADDR`.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let options = infra::db::connect_options(&settings.database)?;
+        let pool = infra::db::connect(options, &settings.database).await?;
+        if settings.database.migrate_on_start {
+            infra::db::migrate(&pool).await?;
+        }
+        Self::build_with_pool(pool, &settings.write_api).await
+    }
+
+    /// Binds `http.addr` (port 0 picks a free port, as tests do) and wires the routes.
+    pub async fn build_with_pool(pool: Pool, http: &HttpSettings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(http.addr)
+            .await
+            .with_context(|| format!("failed to bind {}", http.addr))?;
+        let state = AppState::new(pool, Arc::new(SystemClock));
+        let router = crate::http::router(state, http.request_timeout);
+        Ok(Self { listener, router })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish (for at most `drain`).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
+        let serve = std::pin::pin!(serve.into_future());
+        tokio::select! {
+            result = serve => result.context("the HTTP server failed"),
+            () = async {
+                // Once shutdown began, give in-flight requests `drain` to finish.
+                if stopping_rx.await.is_ok() {
+                    tokio::time::sleep(drain).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(?drain, "in-flight requests did not finish in time; exiting");
+                Ok(())
+            }
+        }
+    }
+}

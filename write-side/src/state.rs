@@ -42,3 +42,9 @@ impl AppState {
         }
     }
 }
+
+impl axum::extract::FromRef<AppState> for Pool {
+    fn from_ref(state: &AppState) -> Pool {
+        state.pool.clone()
+    }
+}

@@ -9,7 +9,9 @@ use domain::text::{ItemName, Sku};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::http::error::{ApiError, Problem};
+use http_kit::ProblemBody as Problem;
+
+use crate::http::error::ApiError;
 use crate::http::extract::{CommandBody, CommandRequest};
 use crate::http::response::{Accepted, ItemAccepted};
 use crate::http::validate::{Validator, valid};

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::http::error::{ApiError, Problem};
+use http_kit::ProblemBody as Problem;
+
+use crate::http::error::ApiError;
 use crate::http::extract::{CommandBody, CommandRequest};
 use crate::http::response::{Accepted, OrderAccepted};
 use crate::http::validate::{Validator, valid};

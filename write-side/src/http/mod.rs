@@ -1,22 +1,15 @@
-//! The HTTP surface of the command API: routes, middleware, OpenAPI document and docs page.
+//! The HTTP surface of the command API: routes, the OpenAPI document and the docs page. The
+//! middleware stack and the error format are shared with the query API (`http-kit`).
 
 pub mod error;
 pub mod extract;
-pub mod health;
-pub mod middleware;
 pub mod response;
 pub mod validate;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{Request, StatusCode};
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use http_kit::health;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,7 +17,6 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::handlers::{inventory, orders};
 use crate::state::AppState;
-use error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,7 +32,7 @@ use error::ApiError;
         (name = "orders", description = "Orders and their lifecycle"),
         (name = "operations", description = "Probes"),
     ),
-    components(schemas(error::Problem, error::FieldError)),
+    components(schemas(http_kit::ProblemBody, http_kit::FieldError)),
 )]
 struct ApiDoc;
 
@@ -61,41 +53,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// the binary, so it works offline) and the middleware stack.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let (api, openapi) = api();
-    let middleware = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    let request_id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|value| value.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id,
-                    )
-                })
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
-                // Failures are logged once, with their cause, by `request_context`.
-                .on_failure(()),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn(middleware::request_context))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ));
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
-        .fallback(|request: Request<axum::body::Body>| async move {
-            ApiError::RouteNotFound {
-                method: request.method().to_string(),
-                path: request.uri().path().to_owned(),
-            }
-        })
-        .with_state(state)
-        .layer(middleware)
+    let router = api
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .with_state(state);
+    http_kit::stack::wrap(router, request_timeout)
 }

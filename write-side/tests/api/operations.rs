@@ -46,7 +46,7 @@ async fn the_openapi_document_lists_every_route(pool: PgPool) {
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
-    assert!(spec["components"]["schemas"]["Problem"].is_object());
+    assert!(spec["components"]["schemas"]["ProblemBody"].is_object());
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

@@ -1,5 +1,5 @@
-//! Request-scoped plumbing: the request id, turning bare error responses into problems, and
-//! logging every failed request once, with its full error chain.
+//! Request-scoped plumbing: the request id, problem bodies for bare error responses, and one
+//! log line per failed request with its full error chain.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -7,7 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::{ApiError, ErrorReport, PROBLEM_JSON};
+use crate::problem::{ErrorReport, PROBLEM_JSON, common};
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -19,10 +19,11 @@ pub fn current_request_id() -> Option<String> {
 }
 
 /// Runs the rest of the stack with the request id in scope, then:
-/// - replaces an error response that has no problem body (an unmatched route's 405, the
-///   timeout layer's 503, a caught panic) with a problem, so every error has one shape;
-/// - logs the error chain: 5xx at ERROR, 4xx at INFO (a client mistake is not our
-///   incident, but it is worth seeing).
+/// - replaces an error response without a problem body (axum's 405, the timeout layer's
+///   503, a rejection from an extractor we did not write) with a problem, so every error
+///   has one shape;
+/// - logs failures once: 5xx at ERROR with the cause, 4xx at INFO (a client's mistake is
+///   not our incident, but it is worth seeing).
 pub async fn request_context(request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -35,7 +36,7 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     REQUEST_ID
         .scope(request_id, async move {
             let response = next.run(request).await;
-            let response = problemize(response, method, path);
+            let response = problemize(response, &method, &path);
             if let Some(report) = response.extensions().get::<ErrorReport>() {
                 if response.status().is_server_error() {
                     tracing::error!(code = report.code, error = %report.chain, "request failed");
@@ -48,7 +49,7 @@ pub async fn request_context(request: Request, next: Next) -> Response {
         .await
 }
 
-fn problemize(response: Response, method: String, path: String) -> Response {
+fn problemize(response: Response, method: &str, path: &str) -> Response {
     let status = response.status();
     let is_problem = response
         .headers()
@@ -57,21 +58,16 @@ fn problemize(response: Response, method: String, path: String) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;
     }
-    let error = match status {
-        StatusCode::BAD_REQUEST => ApiError::BadRequest {
-            detail: "check the path and headers".to_owned(),
-        },
-        StatusCode::NOT_FOUND => ApiError::RouteNotFound { method, path },
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed { method, path },
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-            limit: super::extract::BODY_LIMIT,
-        },
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => ApiError::Timeout,
-        _ => ApiError::Internal(anyhow::anyhow!(
-            "a layer answered {status} without a problem body"
-        )),
+    let problem = match status {
+        StatusCode::BAD_REQUEST => common::bad_request("check the path, query and headers"),
+        StatusCode::NOT_FOUND => common::route_not_found(method, path),
+        StatusCode::METHOD_NOT_ALLOWED => common::method_not_allowed(method, path),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => common::timeout(),
+        _ => common::internal(
+            anyhow::anyhow!("a layer answered {status} without a problem body").as_ref(),
+        ),
     };
-    error.into_response()
+    problem.into_response()
 }
 
 /// The response for a handler that panicked: a 500 problem; the panic message is logged.
@@ -81,5 +77,5 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+    common::internal(anyhow::anyhow!("handler panicked: {message}").as_ref()).into_response()
 }

@@ -1,0 +1,120 @@
+//! The projection runtime: what a projection is, and the worker that runs one.
+
+mod wake;
+mod worker;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use infra::event_store::StoredEvent;
+use sqlx::PgConnection;
+
+pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for_events};
+pub use worker::{CHECKPOINTS_CHANNEL, Outcome, Worker, WorkerError};
+
+use crate::events::DomainEvent;
+
+/// What a projection does with an event it cannot apply after `max_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoisonPolicy {
+    /// Park the event and stop until an operator retries or skips it. The default: a read
+    /// model that silently misses an event is wrong in ways nobody notices.
+    Halt,
+    /// Park the event and go on without it.
+    Skip,
+}
+
+/// A read model kept from the global log.
+///
+/// `apply` runs inside the worker's transaction, with the checkpoint update that follows it,
+/// so it must only write to the read-model database, and must be idempotent per row (a
+/// guard on the last applied version), which keeps replays and rebuilds safe.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable: it keys the checkpoint and names the tables.
+    fn name(&self) -> &'static str;
+
+    /// Bumped when the handler's output changes; the tables are suffixed `_v{version}`.
+    fn version(&self) -> i32;
+
+    fn poison_policy(&self) -> PoisonPolicy {
+        PoisonPolicy::Halt
+    }
+
+    /// Applies one event. Events this projection does not care about are ignored (`Ok`).
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        stored: &StoredEvent,
+        event: &DomainEvent,
+    ) -> Result<(), ApplyError>;
+}
+
+/// Why an event could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the read-model database failed")]
+    Database(#[from] sqlx::Error),
+    #[error("the event's payload cannot be decoded")]
+    Decode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ApplyError {
+    /// Worth retrying as is (the database is restarting, a deadlock, a lost connection),
+    /// as opposed to failing the same way every time (a poison event).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Database(err) => is_transient(err),
+            ApplyError::Decode(_) | ApplyError::Invalid(_) => false,
+        }
+    }
+}
+
+/// Connection trouble, timeouts, and the SQLSTATE classes that mean "try again":
+/// 08 (connection), 40 (serialization failure, deadlock), 53 (resources), 57 (operator
+/// intervention, e.g. the server shutting down).
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
+/// Tuning of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Events per transaction.
+    pub batch_size: u32,
+    /// Attempts at one event before it is treated as poison.
+    pub max_attempts: u32,
+    /// How often to look for events when no notification arrives.
+    pub poll_interval: Duration,
+    /// How often a worker says it is alive.
+    pub heartbeat_interval: Duration,
+    /// The longest wait between retries after transient failures.
+    pub max_backoff: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            max_attempts: 3,
+            poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}

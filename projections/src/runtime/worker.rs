@@ -1,0 +1,569 @@
+//! The worker that runs one projection.
+//!
+//! One live instance per projection: a worker takes a session advisory lock on a connection
+//! of its own (the lease) and bumps the projection's fencing token. A second worker waits in
+//! standby and takes over when the lease's session ends (its process died). Every batch locks
+//! the projection's row, checks the token, applies the events and moves the checkpoint in
+//! one transaction, so a worker that lost its lease (a zombie) can never commit, and a crash
+//! at any point loses or repeats nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use infra::event_store::{Checkpoint, StoreError, StoredEvent, log};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{ApplyError, PoisonPolicy, Projection, Wakeup, WorkerConfig, is_transient};
+use crate::events::decode;
+
+/// The channel a worker notifies (with the projection's name) when its checkpoint or state
+/// changes, so readers waiting for a consistency token wake at once.
+pub const CHECKPOINTS_CHANNEL: &str = "ordo_checkpoints";
+
+/// What one step of a worker did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to do: the projection is at the head of the settled log.
+    Idle,
+    /// Applied `events` events (0 when it went past a skipped poison event).
+    Progressed { events: usize },
+    /// An event failed; the step will be retried (after a backoff).
+    Retrying,
+    /// Another worker holds the lease; this one waits to take over.
+    Standby,
+    /// The projection halted on a poison event and waits for an operator.
+    Halted,
+    /// An operator paused the projection, or a rebuild owns it.
+    Paused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("another worker took projection {projection} over")]
+    Fenced { projection: &'static str },
+    #[error(
+        "projection {projection} is at version {stored} in the database but {code} in this build; rebuild it"
+    )]
+    VersionMismatch {
+        projection: &'static str,
+        stored: i32,
+        code: i32,
+    },
+    #[error("projection {projection}: database operation failed: {operation}")]
+    Database {
+        projection: &'static str,
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("projection {projection}: reading the log failed")]
+    ReadLog {
+        projection: &'static str,
+        #[source]
+        source: StoreError,
+    },
+    #[error("projection {projection}: applying event {event_id} failed")]
+    Apply {
+        projection: &'static str,
+        event_id: Uuid,
+        #[source]
+        source: ApplyError,
+    },
+}
+
+/// Holds the advisory lock and heartbeats until dropped (or until the connection fails).
+struct Lease {
+    token: i64,
+    lost: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Ends the session, which releases the advisory lock.
+        self.task.abort();
+    }
+}
+
+pub struct Worker {
+    pool: PgPool,
+    projection: Arc<dyn Projection>,
+    config: WorkerConfig,
+    id: String,
+    lease: Option<Lease>,
+    /// Failed attempts per event, to tell a poison event from a passing failure.
+    attempts: HashMap<Uuid, u32>,
+    /// After a failure at index i of a batch, the next batch stops before it, so the events
+    /// before the failing one are committed.
+    next_limit: Option<u32>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("projection", &self.projection.name())
+            .field("id", &self.id)
+            .field("leased", &self.lease.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Registers the projection (its state row) and checks that the database holds the
+    /// version this build writes.
+    pub async fn register(
+        pool: PgPool,
+        projection: Arc<dyn Projection>,
+        config: WorkerConfig,
+    ) -> Result<Self, WorkerError> {
+        let name = projection.name();
+        let database = |operation| {
+            move |source| WorkerError::Database {
+                projection: name,
+                operation,
+                source,
+            }
+        };
+        sqlx::query(
+            "INSERT INTO projection_state (name, version) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(projection.version())
+        .execute(&pool)
+        .await
+        .map_err(database("register"))?;
+        let stored: i32 =
+            sqlx::query_scalar("SELECT version FROM projection_state WHERE name = $1")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .map_err(database("read version"))?;
+        if stored != projection.version() {
+            return Err(WorkerError::VersionMismatch {
+                projection: name,
+                stored,
+                code: projection.version(),
+            });
+        }
+        let id = format!(
+            "pid{}-{}",
+            std::process::id(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(Self {
+            pool,
+            projection,
+            config,
+            id,
+            lease: None,
+            attempts: HashMap::new(),
+            next_limit: None,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    /// This worker's identity, as recorded in `projection_state.owner`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn database(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> WorkerError {
+        let projection = self.projection.name();
+        move |source| WorkerError::Database {
+            projection,
+            operation,
+            source,
+        }
+    }
+
+    /// Whether this worker is the projection's live instance (taking the lease if it is
+    /// free). The lease is a session advisory lock, so it ends with the process.
+    pub async fn try_acquire(&mut self) -> Result<bool, WorkerError> {
+        if let Some(lease) = &self.lease {
+            if !lease.lost.load(Ordering::SeqCst) {
+                return Ok(true);
+            }
+            tracing::warn!(projection = self.name(), "lost the lease");
+            self.lease = None;
+        }
+        let name = self.projection.name();
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
+            .await
+            .map_err(self.database("open the lease connection"))?;
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended('projection:' || $1, 0))",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(self.database("take the lease"))?;
+        if !locked {
+            let _ = conn.close().await;
+            return Ok(false);
+        }
+        // Waits for a zombie's batch (it holds this row) to end before taking over.
+        let token: i64 = sqlx::query_scalar(
+            "UPDATE projection_state SET fencing_token = fencing_token + 1, owner = $2
+              WHERE name = $1 RETURNING fencing_token",
+        )
+        .bind(name)
+        .bind(&self.id)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(self.database("bump the fencing token"))?;
+        sqlx::query(
+            "INSERT INTO projection_heartbeats (name, owner, heartbeat_at) VALUES ($1, $2, now())
+             ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, heartbeat_at = now()",
+        )
+        .bind(name)
+        .bind(&self.id)
+        .execute(&mut conn)
+        .await
+        .map_err(self.database("record the first heartbeat"))?;
+        tracing::info!(projection = name, worker = %self.id, token, "took the lease");
+        let lost = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(heartbeat(
+            conn,
+            name,
+            self.id.clone(),
+            self.config.heartbeat_interval,
+            lost.clone(),
+        ));
+        self.lease = Some(Lease { token, lost, task });
+        Ok(true)
+    }
+
+    /// Gives the lease up (a standby worker can take over at once).
+    pub fn release(&mut self) {
+        self.lease = None;
+    }
+
+    /// One step: applies the next batch of events (if this worker holds the lease) and moves
+    /// the checkpoint, in one transaction.
+    pub async fn run_once(&mut self) -> Result<Outcome, WorkerError> {
+        if !self.try_acquire().await? {
+            return Ok(Outcome::Standby);
+        }
+        let token = self.lease.as_ref().map_or(0, |lease| lease.token);
+        let name = self.projection.name();
+        let mut tx = self.pool.begin().await.map_err(self.database("begin"))?;
+        let row = sqlx::query(
+            "SELECT checkpoint_tx::text AS checkpoint_tx, checkpoint_position, state, fencing_token
+               FROM projection_state WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(self.database("lock the projection"))?;
+        let fencing_token: i64 = row
+            .try_get("fencing_token")
+            .map_err(self.database("read the token"))?;
+        if fencing_token != token {
+            self.lease = None;
+            return Err(WorkerError::Fenced { projection: name });
+        }
+        let state: String = row
+            .try_get("state")
+            .map_err(self.database("read the state"))?;
+        match state.as_str() {
+            "running" => {}
+            "halted" => return Ok(Outcome::Halted),
+            _ => return Ok(Outcome::Paused),
+        }
+        let checkpoint_tx: String = row
+            .try_get("checkpoint_tx")
+            .map_err(self.database("read the checkpoint"))?;
+        let checkpoint = Checkpoint {
+            transaction_id: checkpoint_tx.parse().unwrap_or(0),
+            position: row
+                .try_get("checkpoint_position")
+                .map_err(self.database("read the checkpoint"))?,
+        };
+        let limit = self.next_limit.take().unwrap_or(self.config.batch_size);
+        let events = log::read_after(&mut *tx, checkpoint, limit)
+            .await
+            .map_err(|source| WorkerError::ReadLog {
+                projection: name,
+                source,
+            })?;
+        let Some(last) = events.last() else {
+            return Ok(Outcome::Idle);
+        };
+        let last = last.checkpoint();
+        for (index, stored) in events.iter().enumerate() {
+            let applied = match decode(stored) {
+                Ok(event) => self.projection.apply(&mut tx, stored, &event).await,
+                Err(err) => Err(ApplyError::Decode(err)),
+            };
+            if let Err(err) = applied {
+                drop(tx);
+                return self.failed(index, stored, err).await;
+            }
+        }
+        sqlx::query(
+            "UPDATE projection_state
+                SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3, progress_at = now(),
+                    events_applied = events_applied + $4
+              WHERE name = $1",
+        )
+        .bind(name)
+        .bind(last.transaction_id.to_string())
+        .bind(last.position)
+        .bind(events.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.database("move the checkpoint"))?;
+        notify_checkpoint(&mut tx, name)
+            .await
+            .map_err(self.database("notify"))?;
+        tx.commit().await.map_err(self.database("commit"))?;
+        // Everything failing so far is behind us now.
+        self.attempts.clear();
+        Ok(Outcome::Progressed {
+            events: events.len(),
+        })
+    }
+
+    async fn failed(
+        &mut self,
+        index: usize,
+        stored: &StoredEvent,
+        err: ApplyError,
+    ) -> Result<Outcome, WorkerError> {
+        let name = self.projection.name();
+        if err.is_transient() {
+            return Err(WorkerError::Apply {
+                projection: name,
+                event_id: stored.event_id,
+                source: err,
+            });
+        }
+        if index > 0 {
+            // Commit the events before the failing one first; it then comes first.
+            self.next_limit = Some(u32::try_from(index).unwrap_or(1));
+            return Ok(Outcome::Retrying);
+        }
+        let attempts = self.attempts.entry(stored.event_id).or_insert(0);
+        *attempts += 1;
+        let attempts = *attempts;
+        let error = infra::telemetry::err_chain(&err);
+        tracing::warn!(
+            projection = name, event_id = %stored.event_id, position = stored.position,
+            attempts, error = %error, "an event failed to apply"
+        );
+        if attempts < self.config.max_attempts {
+            self.next_limit = Some(1);
+            return Ok(Outcome::Retrying);
+        }
+        self.attempts.remove(&stored.event_id);
+        self.park(stored, &error, attempts).await
+    }
+
+    /// Records a poison event and applies the projection's policy, in one transaction.
+    async fn park(
+        &mut self,
+        stored: &StoredEvent,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Outcome, WorkerError> {
+        let name = self.projection.name();
+        let policy = self.projection.poison_policy();
+        let token = self.lease.as_ref().map_or(0, |lease| lease.token);
+        let mut tx = self.pool.begin().await.map_err(self.database("begin"))?;
+        let current: i64 = sqlx::query_scalar(
+            "SELECT fencing_token FROM projection_state WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(self.database("lock the projection"))?;
+        if current != token {
+            self.lease = None;
+            return Err(WorkerError::Fenced { projection: name });
+        }
+        let status = match policy {
+            PoisonPolicy::Halt => "parked",
+            PoisonPolicy::Skip => "skipped",
+        };
+        sqlx::query(
+            "INSERT INTO projection_dead_letters
+                (projection, event_id, position, transaction_id, aggregate_type, aggregate_id,
+                 sequence, event_type, error, attempts, status)
+             VALUES ($1, $2, $3, $4::text::xid8, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(name)
+        .bind(stored.event_id)
+        .bind(stored.position)
+        .bind(stored.transaction_id.to_string())
+        .bind(&stored.aggregate_type)
+        .bind(&stored.aggregate_id)
+        .bind(stored.sequence)
+        .bind(&stored.event_type)
+        .bind(error)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .bind(status)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.database("park the event"))?;
+        let outcome = match policy {
+            PoisonPolicy::Halt => {
+                sqlx::query(
+                    "UPDATE projection_state SET state = 'halted', last_error = $2, last_error_at = now()
+                      WHERE name = $1",
+                )
+                .bind(name)
+                .bind(error)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.database("halt"))?;
+                Outcome::Halted
+            }
+            PoisonPolicy::Skip => {
+                let past = stored.checkpoint();
+                sqlx::query(
+                    "UPDATE projection_state
+                        SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3,
+                            progress_at = now(), last_error = $4, last_error_at = now()
+                      WHERE name = $1",
+                )
+                .bind(name)
+                .bind(past.transaction_id.to_string())
+                .bind(past.position)
+                .bind(error)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.database("skip the event"))?;
+                Outcome::Progressed { events: 0 }
+            }
+        };
+        notify_checkpoint(&mut tx, name)
+            .await
+            .map_err(self.database("notify"))?;
+        tx.commit().await.map_err(self.database("commit"))?;
+        tracing::error!(
+            projection = name, event_id = %stored.event_id, position = stored.position,
+            policy = ?policy, error, "parked a poison event"
+        );
+        Ok(outcome)
+    }
+
+    /// Best effort: makes a failure visible in `projection_state.last_error`.
+    async fn record_error(&self, error: &str) {
+        let result = sqlx::query(
+            "UPDATE projection_state SET last_error = $2, last_error_at = now() WHERE name = $1",
+        )
+        .bind(self.projection.name())
+        .bind(error)
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "could not record the error");
+        }
+    }
+
+    /// Runs until `shutdown` turns true: applies batches while there are events, then waits
+    /// for a wake-up or the poll interval; backs off after failures.
+    pub async fn run(mut self, wakeup: Wakeup, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::ZERO;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let (wait, wakeable) = match self.run_once().await {
+                Ok(Outcome::Progressed { .. }) => {
+                    backoff = Duration::ZERO;
+                    continue;
+                }
+                Ok(Outcome::Retrying) => {
+                    backoff = next_backoff(backoff, self.config.max_backoff);
+                    (backoff, false)
+                }
+                Ok(Outcome::Idle | Outcome::Standby | Outcome::Halted | Outcome::Paused) => {
+                    backoff = Duration::ZERO;
+                    (self.config.poll_interval, true)
+                }
+                Err(err @ WorkerError::Fenced { .. }) => {
+                    tracing::warn!(error = %err, "stepping down");
+                    (self.config.poll_interval, true)
+                }
+                Err(err) => {
+                    let error = infra::telemetry::err_chain(&err);
+                    tracing::error!(projection = self.name(), error = %error, "projection step failed");
+                    self.record_error(&error).await;
+                    backoff = next_backoff(backoff, self.config.max_backoff);
+                    (backoff, false)
+                }
+            };
+            tokio::select! {
+                () = wakeup.notified(), if wakeable => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!(projection = self.name(), "worker stopped");
+        self.release();
+    }
+}
+
+fn next_backoff(current: Duration, max: Duration) -> Duration {
+    if current.is_zero() {
+        Duration::from_millis(50)
+    } else {
+        (current * 2).min(max)
+    }
+}
+
+async fn notify_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHECKPOINTS_CHANNEL)
+        .bind(name)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Keeps the lease's session alive and says so every `interval`; on failure (the session
+/// broke, or another worker took over) flags the lease as lost and ends the session.
+async fn heartbeat(
+    mut conn: PgConnection,
+    name: &'static str,
+    owner: String,
+    interval: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let result = sqlx::query(
+            "UPDATE projection_heartbeats SET heartbeat_at = now() WHERE name = $1 AND owner = $2",
+        )
+        .bind(name)
+        .bind(&owner)
+        .execute(&mut conn)
+        .await;
+        match result {
+            Ok(done) if done.rows_affected() == 1 => {}
+            Ok(_) => {
+                tracing::warn!(projection = name, "another worker took the lease over");
+                break;
+            }
+            Err(err) if is_transient(&err) => {
+                tracing::warn!(projection = name, error = %err, "the lease's session failed");
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(projection = name, error = %err, "heartbeat failed");
+                break;
+            }
+        }
+    }
+    lost.store(true, Ordering::SeqCst);
+}

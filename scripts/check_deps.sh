@@ -17,4 +17,7 @@ forbid() { # crate, regex of forbidden dependencies, reason
 forbid domain 'sqlx|postgres-es|axum|hyper|rdkafka|reqwest' "the domain does no IO"
 forbid infra 'axum|write-side|read-side|projections' "adapters know nothing of HTTP or the services"
 forbid write-side 'read-side|projections' "the write side does not read models"
+forbid read-side 'write-side|projections' "the read side only reads"
+forbid projections 'write-side|read-side|axum' "projections write read models, nothing else"
+forbid http-kit 'write-side|read-side|projections' "shared HTTP plumbing knows no service"
 exit $status

@@ -14,6 +14,7 @@
 //! (the `domain` crate).
 
 pub mod catalog;
+pub mod channels;
 pub mod clock;
 pub mod commands;
 pub mod config;

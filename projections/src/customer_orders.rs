@@ -1,7 +1,8 @@
 //! `customer_orders`: each customer's orders, newest first.
 
 use async_trait::async_trait;
-use domain::order::{OrderEvent, OrderStatus};
+use cqrs_es::Aggregate;
+use domain::order::{Order, OrderEvent, OrderStatus};
 use infra::event_store::StoredEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -30,6 +31,10 @@ impl Projection for CustomerOrdersProjection {
 
     fn version(&self) -> i32 {
         1
+    }
+
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        stored.aggregate_type == Order::TYPE
     }
 
     async fn apply(

@@ -1,7 +1,8 @@
 //! `inventory`: one row per SKU with its price and stock levels.
 
 use async_trait::async_trait;
-use domain::inventory::InventoryEvent;
+use cqrs_es::Aggregate;
+use domain::inventory::{InventoryEvent, InventoryItem};
 use infra::event_store::StoredEvent;
 use sqlx::PgConnection;
 
@@ -23,6 +24,10 @@ impl Projection for InventoryProjection {
 
     fn version(&self) -> i32 {
         1
+    }
+
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        stored.aggregate_type == InventoryItem::TYPE
     }
 
     async fn apply(

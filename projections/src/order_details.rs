@@ -3,10 +3,11 @@
 //! of what happened.
 
 use async_trait::async_trait;
+use cqrs_es::Aggregate;
 use domain::Timestamp;
-use domain::inventory::InventoryEvent;
-use domain::order::{OrderEvent, OrderStatus};
-use domain::payment::PaymentEvent;
+use domain::inventory::{InventoryEvent, InventoryItem};
+use domain::order::{Order, OrderEvent, OrderStatus};
+use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -31,6 +32,20 @@ impl Projection for OrderDetailsProjection {
 
     fn version(&self) -> i32 {
         1
+    }
+
+    /// The order's and its payment's events, and the inventory events about orders.
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        match stored.aggregate_type.as_str() {
+            t if t == Order::TYPE || t == Payment::TYPE => true,
+            t if t == InventoryItem::TYPE => {
+                matches!(
+                    stored.event_type.as_str(),
+                    "StockReserved" | "StockReleased" | "StockCommitted"
+                )
+            }
+            _ => false,
+        }
     }
 
     async fn apply(

@@ -7,8 +7,9 @@
 //! is remembered from its reservation.
 
 use async_trait::async_trait;
-use domain::order::{CancelReason, OrderEvent};
-use domain::payment::PaymentEvent;
+use cqrs_es::Aggregate;
+use domain::order::{CancelReason, Order, OrderEvent};
+use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use sqlx::{PgConnection, Row};
 
@@ -40,6 +41,12 @@ impl Projection for SalesDailyProjection {
 
     fn version(&self) -> i32 {
         1
+    }
+
+    /// Orders' events, and refunds.
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        stored.aggregate_type == Order::TYPE
+            || (stored.aggregate_type == Payment::TYPE && stored.event_type == "PaymentRefunded")
     }
 
     async fn apply(

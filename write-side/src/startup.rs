@@ -55,25 +55,6 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
         drain: Duration,
     ) -> anyhow::Result<()> {
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        });
-        let serve = std::pin::pin!(serve.into_future());
-        tokio::select! {
-            result = serve => result.context("the HTTP server failed"),
-            () = async {
-                // Once shutdown began, give in-flight requests `drain` to finish.
-                if stopping_rx.await.is_ok() {
-                    tokio::time::sleep(drain).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            } => {
-                tracing::warn!(?drain, "in-flight requests did not finish in time; exiting");
-                Ok(())
-            }
-        }
+        http_kit::serve::run_until_stopped(self.listener, self.router, shutdown, drain).await
     }
 }

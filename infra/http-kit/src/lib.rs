@@ -13,6 +13,7 @@
 pub mod health;
 pub mod middleware;
 pub mod problem;
+pub mod serve;
 pub mod stack;
 
 pub use problem::{FieldError, Problem, ProblemBody};

@@ -41,6 +41,11 @@ pub trait Projection: Send + Sync + 'static {
         PoisonPolicy::Halt
     }
 
+    /// Whether this projection consumes the event, judged by aggregate and event type only.
+    /// Events it does not consume are not even decoded, so an unreadable event halts only
+    /// the projections that need it (and rebuilds skip them cheaply).
+    fn handles(&self, stored: &StoredEvent) -> bool;
+
     /// Applies one event. Events this projection does not care about are ignored (`Ok`).
     async fn apply(
         &self,

@@ -8,7 +8,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
 /// The channel the `events` table's trigger notifies after every insert.
-pub const EVENTS_CHANNEL: &str = "ordo_events";
+pub const EVENTS_CHANNEL: &str = infra::channels::EVENTS;
 
 /// A wake-up a worker can wait on. `Notify::notify_one` stores a permit, so a notification
 /// that arrives while the worker is busy is not lost: its next wait returns at once.

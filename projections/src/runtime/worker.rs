@@ -23,7 +23,7 @@ use crate::events::decode;
 
 /// The channel a worker notifies (with the projection's name) when its checkpoint or state
 /// changes, so readers waiting for a consistency token wake at once.
-pub const CHECKPOINTS_CHANNEL: &str = "ordo_checkpoints";
+pub const CHECKPOINTS_CHANNEL: &str = infra::channels::CHECKPOINTS;
 
 /// What one step of a worker did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +300,9 @@ impl Worker {
         };
         let last = last.checkpoint();
         for (index, stored) in events.iter().enumerate() {
+            if !self.projection.handles(stored) {
+                continue;
+            }
             let applied = match decode(stored) {
                 Ok(event) => self.projection.apply(&mut tx, stored, &event).await,
                 Err(err) => Err(ApplyError::Decode(err)),

@@ -51,6 +51,9 @@ impl Projection for StopsMidBatch {
     fn version(&self) -> i32 {
         OrderDetailsProjection.version()
     }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        OrderDetailsProjection.handles(stored)
+    }
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -139,6 +142,9 @@ impl Projection for Recording {
     }
     fn version(&self) -> i32 {
         1
+    }
+    fn handles(&self, _: &StoredEvent) -> bool {
+        true
     }
     async fn apply(
         &self,
@@ -374,6 +380,9 @@ impl Projection for SkippingInventory {
     fn poison_policy(&self) -> PoisonPolicy {
         PoisonPolicy::Skip
     }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        InventoryProjection.handles(stored)
+    }
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -423,6 +432,9 @@ impl Projection for Flaky {
     }
     fn version(&self) -> i32 {
         1
+    }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        InventoryProjection.handles(stored)
     }
     async fn apply(
         &self,

@@ -1,0 +1,250 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::order::{Order, OrderCommand, ReservedLine};
+use domain::payment::{Payment, PaymentCommand};
+use infra::commands::{CommandExecutor, CommandOptions, ExecutorPolicy};
+use infra::config::HttpSettings;
+use projections::runtime::{Outcome, Worker, WorkerConfig};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify, watch};
+
+/// The command API, the query API and the projectors, on one database.
+pub struct System {
+    pub write: SocketAddr,
+    pub read: SocketAddr,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    workers: Mutex<Vec<Worker>>,
+}
+
+fn http() -> HttpSettings {
+    HttpSettings {
+        addr: ([127, 0, 0, 1], 0).into(),
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+pub fn worker_config() -> WorkerConfig {
+    WorkerConfig {
+        batch_size: 50,
+        max_attempts: 2,
+        poll_interval: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_millis(200),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+impl System {
+    pub async fn spawn(pool: PgPool) -> Self {
+        infra::telemetry::init_for_tests();
+        let write = write_side::Application::build_with_pool(pool.clone(), &http())
+            .await
+            .expect("command API");
+        let read = read_side::Application::build_with_pool(pool.clone(), &http())
+            .await
+            .expect("query API");
+        let (write_addr, read_addr) = (write.local_addr(), read.local_addr());
+        tokio::spawn(write.run_until_stopped(std::future::pending(), Duration::from_secs(1)));
+        tokio::spawn(read.run_until_stopped(std::future::pending(), Duration::from_secs(1)));
+        Self {
+            write: write_addr,
+            read: read_addr,
+            client: reqwest::Client::new(),
+            pool,
+            workers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub async fn command(&self, path: &str, body: &Value) -> Value {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.write))
+            .json(body)
+            .send()
+            .await
+            .expect("command sent");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.expect("command response")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("http://{}{path}", self.read))
+            .send()
+            .await
+            .expect("query sent")
+    }
+
+    pub fn get_with(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("http://{}{path}", self.read))
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.expect("json")
+    }
+
+    pub async fn register(&self, sku: &str, price: i64, stock: i64) -> Value {
+        self.command(
+            "/inventory",
+            &json!({"sku": sku, "name": format!("Item {sku}"),
+                    "unit_price": {"amount_minor": price, "currency": "EUR"}, "initial_stock": stock}),
+        )
+        .await
+    }
+
+    pub async fn place(&self, customer: &str, lines: &[(&str, i64)]) -> String {
+        let body = json!({
+            "customer_id": customer,
+            "lines": lines.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>(),
+            "payment": {"card_token": "tok_visa"},
+        });
+        let response = self.command("/orders", &body).await;
+        response["order_id"].as_str().expect("order id").to_owned()
+    }
+
+    /// What the fulfilment saga (issue #4) will do: reserve at the item's price, charge,
+    /// confirm. Through the same executors the services use.
+    pub async fn fulfil(&self, order_id: &str, lines: &[(&str, u32, i64)]) {
+        use domain::money::{Currency, Money, Quantity};
+        let eur = |minor| Money::new(minor, Currency::parse("EUR").expect("EUR")).expect("money");
+        let orders: CommandExecutor<Order> =
+            CommandExecutor::new(self.pool.clone(), (), ExecutorPolicy::without_snapshots());
+        let payments: CommandExecutor<Payment> =
+            CommandExecutor::new(self.pool.clone(), (), ExecutorPolicy::without_snapshots());
+        let at = chrono::Utc::now();
+        let reserved: Vec<ReservedLine> = lines
+            .iter()
+            .map(|(sku, quantity, price)| ReservedLine {
+                sku: domain::text::Sku::parse(*sku).expect("sku"),
+                quantity: Quantity::new(*quantity).expect("quantity"),
+                unit_price: eur(*price),
+            })
+            .collect();
+        let total: i64 = lines.iter().map(|(_, q, p)| i64::from(*q) * p).sum();
+        let options = CommandOptions::default;
+        orders
+            .execute(
+                order_id,
+                OrderCommand::RecordStockReserved {
+                    lines: reserved,
+                    at,
+                },
+                options(),
+            )
+            .await
+            .expect("reserved");
+        let id = order_id.parse().expect("order id");
+        payments
+            .execute(
+                order_id,
+                PaymentCommand::Authorize {
+                    order_id: id,
+                    amount: eur(total),
+                    at,
+                },
+                options(),
+            )
+            .await
+            .expect("authorized");
+        payments
+            .execute(order_id, PaymentCommand::Capture { at }, options())
+            .await
+            .expect("captured");
+        orders
+            .execute(order_id, OrderCommand::Confirm { at }, options())
+            .await
+            .expect("confirmed");
+    }
+
+    /// Runs every projection until it has applied the whole log.
+    pub async fn project(&self) {
+        let mut workers = self.workers.lock().await;
+        if workers.is_empty() {
+            for projection in projections::all() {
+                workers.push(
+                    Worker::register(self.pool.clone(), projection, worker_config())
+                        .await
+                        .expect("worker"),
+                );
+            }
+        }
+        for worker in workers.iter_mut() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match worker.run_once().await.expect("projection step") {
+                    Outcome::Progressed { .. } | Outcome::Retrying => continue,
+                    Outcome::Idle if caught_up(&self.pool, worker.name()).await => break,
+                    Outcome::Halted => break,
+                    other => assert!(Instant::now() < deadline, "{}: {other:?}", worker.name()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Starts the projectors in the background, as the projector binary does.
+    pub fn start_projector(&self) -> watch::Sender<bool> {
+        let (stop, stopped) = watch::channel(false);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut wakeups = Vec::new();
+            for projection in projections::all() {
+                let worker = Worker::register(pool.clone(), projection, worker_config())
+                    .await
+                    .expect("worker");
+                let wakeup = Arc::new(Notify::new());
+                wakeups.push(wakeup.clone());
+                tokio::spawn(worker.run(wakeup, stopped.clone()));
+            }
+            projections::runtime::listen_for_events(
+                pool,
+                projections::runtime::EVENTS_CHANNEL,
+                wakeups,
+            )
+            .await;
+        });
+        stop
+    }
+}
+
+pub async fn caught_up(pool: &PgPool, name: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS (
+            SELECT 1 FROM events e, projection_state p
+             WHERE p.name = $1
+               AND (e.transaction_id, e.position) > (p.checkpoint_tx, p.checkpoint_position))",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .expect("caught up?")
+}
+
+pub const CUSTOMER: &str = "7d9f2b1e-0c4a-4f7e-9a57-2f4c1d3e5b6a";
+
+/// Asserts a problem+json response; returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("/problems/{code}"));
+    assert!(body["request_id"].is_string());
+    body
+}

@@ -5,6 +5,7 @@
 mod consistency;
 mod helpers;
 mod inventory;
+mod operations;
 mod orders;
 mod projections_status;
 mod stats;

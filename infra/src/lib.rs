@@ -7,6 +7,9 @@
 //! - [`commands`]: executes a command against an aggregate: load, decide, append, with
 //!   optimistic concurrency, bounded retries, `If-Match` versions and idempotency keys
 //!   recorded atomically with the events.
+//! - [`projection`]: the worker that follows the log into database-only effects (read
+//!   models, the saga's trigger): checkpoint and effects in one transaction, one live
+//!   instance per projection, poison events parked.
 //! - [`catalog`], [`clock`]: implementations of the domain's ports.
 //! - [`config`], [`telemetry`], [`shutdown`]: process plumbing for the binaries.
 //!
@@ -21,5 +24,6 @@ pub mod config;
 pub mod db;
 pub mod event_store;
 pub mod keyed_lock;
+pub mod projection;
 pub mod shutdown;
 pub mod telemetry;

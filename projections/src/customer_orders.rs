@@ -7,8 +7,8 @@ use infra::event_store::StoredEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::events::DomainEvent;
-use crate::runtime::{ApplyError, Projection};
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct CustomerOrdersProjection;

@@ -6,8 +6,8 @@ use domain::inventory::{InventoryEvent, InventoryItem};
 use infra::event_store::StoredEvent;
 use sqlx::PgConnection;
 
-use crate::events::DomainEvent;
-use crate::runtime::{ApplyError, Projection};
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct InventoryProjection;

@@ -1,27 +1,25 @@
 //! Projections: workers that follow the global log and keep PostgreSQL read models.
 //!
-//! - [`runtime`]: the worker every projection runs on: one live instance per projection
-//!   (advisory lock plus a fencing token), each batch of rows and its checkpoint in one
-//!   transaction, wake-ups by LISTEN/NOTIFY with polling as a fallback, retries with backoff
-//!   for transient errors, and poison events parked in a dead-letter table.
+//! They run on `infra::projection`'s worker: one live instance per projection (advisory lock
+//! plus a fencing token), each batch of rows and its checkpoint in one transaction, wake-ups
+//! by LISTEN/NOTIFY with polling as a fallback, retries with backoff for transient errors,
+//! and poison events parked in a dead-letter table.
+//!
 //! - One module per read model: [`inventory`], [`order_details`], [`customer_orders`],
 //!   [`sales_daily`]. Each is an `evolve` for tables: idempotent upserts guarded by the last
 //!   applied version, with timestamps taken from events so a rebuild reproduces every row.
-//! - [`events`]: decoding stored events into the domain's event types.
 //!
 //! Deliberately not here: reading the models (the `read-side` crate) and side effects outside
 //! the read-model database (sagas, Kafka), which cannot share the checkpoint's transaction.
 
 pub mod customer_orders;
-pub mod events;
 pub mod inventory;
 pub mod order_details;
-pub mod runtime;
 pub mod sales_daily;
 
 use std::sync::Arc;
 
-use runtime::Projection;
+use infra::projection::Projection;
 
 /// Every read model of the system, in the order they are started.
 pub fn all() -> Vec<Arc<dyn Projection>> {

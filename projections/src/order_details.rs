@@ -14,8 +14,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::customer_orders::order_id;
-use crate::events::DomainEvent;
-use crate::runtime::{ApplyError, Projection};
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct OrderDetailsProjection;

@@ -14,8 +14,8 @@ use infra::event_store::StoredEvent;
 use sqlx::{PgConnection, Row};
 
 use crate::customer_orders::order_id;
-use crate::events::DomainEvent;
-use crate::runtime::{ApplyError, Projection};
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SalesDailyProjection;

@@ -95,7 +95,7 @@ impl Checkpoints {
 
     /// Keeps the checkpoints current until the process ends.
     pub async fn watch(self: Arc<Self>) {
-        loop {
+        while !self.pool.is_closed() {
             let mut listener = match PgListener::connect_with(&self.pool).await {
                 Ok(listener) => Some(listener),
                 Err(err) => {
@@ -109,7 +109,7 @@ impl Checkpoints {
                 tracing::warn!(error = %err, "LISTEN failed; polling");
                 listener = None;
             }
-            loop {
+            while !self.pool.is_closed() {
                 if let Err(err) = self.refresh().await {
                     tracing::warn!(error = %err, "failed to refresh checkpoints");
                 }

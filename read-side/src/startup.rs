@@ -63,7 +63,10 @@ impl Application {
     ) -> anyhow::Result<()> {
         let result =
             http_kit::serve::run_until_stopped(self.listener, self.router, shutdown, drain).await;
+        // Cancel the watcher and wait for it, so its LISTEN connection is back in the pool
+        // (a pool being closed waits for it).
         self.watcher.abort();
+        let _ = self.watcher.await;
         result
     }
 }

@@ -3,7 +3,7 @@
 //! within a poll interval when the live one dies.
 
 use anyhow::Context;
-use projections::runtime::{EVENTS_CHANNEL, Worker, WorkerConfig, listen_for_events};
+use infra::projection::{EVENTS_CHANNEL, Worker, WorkerConfig, listen_for_events};
 use tokio::sync::watch;
 
 #[tokio::main]

@@ -12,7 +12,7 @@ use domain::order::{
 use domain::payment::{Payment, PaymentCommand};
 use domain::text::{CardToken, ItemName, Sku};
 use infra::commands::{CommandExecutor, CommandOptions, ExecutorPolicy};
-use projections::runtime::{Outcome, Projection, Worker, WorkerConfig};
+use infra::projection::{Outcome, Projection, Worker, WorkerConfig};
 use sqlx::PgPool;
 
 pub fn t(day: u32, second: u32) -> Timestamp {

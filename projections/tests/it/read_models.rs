@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use infra::projection::{Outcome, Projection};
 use projections::customer_orders::CustomerOrdersProjection;
 use projections::inventory::InventoryProjection;
 use projections::order_details::OrderDetailsProjection;
-use projections::runtime::{Outcome, Projection};
 use projections::sales_daily::SalesDailyProjection;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use domain::inventory::InventoryCommand;
 use infra::event_store::StoredEvent;
-use projections::events::DomainEvent;
-use projections::inventory::InventoryProjection;
-use projections::order_details::OrderDetailsProjection;
-use projections::runtime::{
+use infra::projection::events::DomainEvent;
+use infra::projection::{
     ApplyError, Outcome, PoisonPolicy, Projection, Worker, WorkerConfig, WorkerError,
 };
+use projections::inventory::InventoryProjection;
+use projections::order_details::OrderDetailsProjection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};

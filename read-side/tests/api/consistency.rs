@@ -20,8 +20,8 @@ pub async fn poison(pool: &PgPool) {
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_query_with_a_token_returns_the_write_it_names(pool: PgPool) {
-    let system = System::spawn(pool).await;
-    let stop = system.start_projector();
+    let mut system = System::spawn(pool).await;
+    system.start_projector();
     system.register("MUG", 1250, 10).await;
     for units in 1..=5 {
         let written = system
@@ -58,7 +58,7 @@ async fn a_query_with_a_token_returns_the_write_it_names(pool: PgPool) {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
-    let _ = stop.send(true);
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -118,6 +118,7 @@ async fn a_token_the_projection_has_not_reached_is_a_503_saying_by_how_much(pool
             .unwrap()
             .contains("2 event(s) behind")
     );
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -153,6 +154,7 @@ async fn a_token_a_halted_projection_cannot_reach_is_a_503_at_once(pool: PgPool)
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -193,4 +195,5 @@ async fn invalid_tokens_and_waits_are_bad_requests(pool: PgPool) {
     )
     .await;
     assert_eq!(body["errors"][0]["pointer"], "wait");
+    system.stop().await;
 }

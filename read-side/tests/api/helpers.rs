@@ -6,19 +6,29 @@ use domain::order::{Order, OrderCommand, ReservedLine};
 use domain::payment::{Payment, PaymentCommand};
 use infra::commands::{CommandExecutor, CommandOptions, ExecutorPolicy};
 use infra::config::HttpSettings;
-use projections::runtime::{Outcome, Worker, WorkerConfig};
+use infra::projection::{Outcome, Worker, WorkerConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Notify, watch};
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::{Mutex, Notify, oneshot, watch};
 
 /// The command API, the query API and the projectors, on one database.
+///
+/// Tests end with `stop()`, which shuts everything down so the test database can be dropped
+/// at once (the projectors' leases hold connections of their own pool).
 pub struct System {
     pub write: SocketAddr,
     pub read: SocketAddr,
     pub client: reqwest::Client,
     pub pool: PgPool,
+    /// The projectors' pool, like the projector process's own.
+    projector_pool: PgPool,
     workers: Mutex<Vec<Worker>>,
+    stop_servers: Vec<oneshot::Sender<()>>,
+    servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    stop_projector: Option<watch::Sender<bool>>,
+    projector: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn http() -> HttpSettings {
@@ -48,15 +58,58 @@ impl System {
             .await
             .expect("query API");
         let (write_addr, read_addr) = (write.local_addr(), read.local_addr());
-        tokio::spawn(write.run_until_stopped(std::future::pending(), Duration::from_secs(1)));
-        tokio::spawn(read.run_until_stopped(std::future::pending(), Duration::from_secs(1)));
+        let (stop_write, write_stopped) = oneshot::channel::<()>();
+        let (stop_read, read_stopped) = oneshot::channel::<()>();
+        let servers = vec![
+            tokio::spawn(write.run_until_stopped(
+                async move {
+                    let _ = write_stopped.await;
+                },
+                Duration::from_secs(1),
+            )),
+            tokio::spawn(read.run_until_stopped(
+                async move {
+                    let _ = read_stopped.await;
+                },
+                Duration::from_secs(1),
+            )),
+        ];
+        let projector_pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .expect("the projectors' pool");
         Self {
             write: write_addr,
             read: read_addr,
             client: reqwest::Client::new(),
             pool,
+            projector_pool,
             workers: Mutex::new(Vec::new()),
+            stop_servers: vec![stop_write, stop_read],
+            servers,
+            stop_projector: None,
+            projector: None,
         }
+    }
+
+    /// Stops the servers and the projectors and closes the projectors' pool.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop_projector.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(projector) = self.projector.take() {
+            projector.abort();
+            let _ = projector.await;
+        }
+        for stop in self.stop_servers.drain(..) {
+            let _ = stop.send(());
+        }
+        for server in self.servers.drain(..) {
+            let _ = server.await;
+        }
+        self.workers.lock().await.clear();
+        self.projector_pool.close().await;
     }
 
     pub async fn command(&self, path: &str, body: &Value) -> Value {
@@ -172,7 +225,7 @@ impl System {
         if workers.is_empty() {
             for projection in projections::all() {
                 workers.push(
-                    Worker::register(self.pool.clone(), projection, worker_config())
+                    Worker::register(self.projector_pool.clone(), projection, worker_config())
                         .await
                         .expect("worker"),
                 );
@@ -192,11 +245,12 @@ impl System {
         }
     }
 
-    /// Starts the projectors in the background, as the projector binary does.
-    pub fn start_projector(&self) -> watch::Sender<bool> {
+    /// Starts the projectors in the background, as the projector binary does, until `stop`.
+    pub fn start_projector(&mut self) {
         let (stop, stopped) = watch::channel(false);
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
+        self.stop_projector = Some(stop);
+        let pool = self.projector_pool.clone();
+        self.projector = Some(tokio::spawn(async move {
             let mut wakeups = Vec::new();
             for projection in projections::all() {
                 let worker = Worker::register(pool.clone(), projection, worker_config())
@@ -206,14 +260,9 @@ impl System {
                 wakeups.push(wakeup.clone());
                 tokio::spawn(worker.run(wakeup, stopped.clone()));
             }
-            projections::runtime::listen_for_events(
-                pool,
-                projections::runtime::EVENTS_CHANNEL,
-                wakeups,
-            )
-            .await;
-        });
-        stop
+            infra::projection::listen_for_events(pool, infra::projection::EVENTS_CHANNEL, wakeups)
+                .await;
+        }));
     }
 }
 

@@ -29,6 +29,7 @@ async fn an_item_shows_its_price_and_stock_levels(pool: PgPool) {
     );
     assert_eq!(item["version"], 2);
     let _ = CUSTOMER;
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -46,6 +47,7 @@ async fn unknown_and_invalid_skus_are_problems(pool: PgPool) {
         "invalid_path_parameter",
     )
     .await;
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -81,4 +83,5 @@ async fn all_items_are_listed_in_sku_order_one_page_at_a_time(pool: PgPool) {
         "invalid_query",
     )
     .await;
+    system.stop().await;
 }

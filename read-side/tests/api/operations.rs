@@ -31,4 +31,5 @@ async fn the_query_api_documents_every_route_and_answers_probes(pool: PgPool) {
     let docs = system.get("/docs/").await;
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(!docs.text().await.unwrap().contains("https://"));
+    system.stop().await;
 }

@@ -57,6 +57,7 @@ async fn an_order_is_served_with_its_lines_total_payment_and_timeline(pool: PgPo
     let order = system.get_json(&format!("/orders/{order_id}")).await;
     assert_eq!(order["status"], "cancelled");
     assert_eq!(order["cancel_reason"], "customer_request");
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -81,6 +82,7 @@ async fn unknown_and_invalid_order_ids_are_problems(pool: PgPool) {
         "route_not_found",
     )
     .await;
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -112,6 +114,7 @@ async fn an_unchanged_order_is_not_sent_twice(pool: PgPool) {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_ne!(response.headers()["etag"], etag.as_str());
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -151,6 +154,7 @@ async fn a_customers_orders_come_newest_first_one_page_at_a_time(pool: PgPool) {
         .await;
     assert_eq!(empty["items"].as_array().unwrap().len(), 0);
     assert!(empty["next_cursor"].is_null());
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -186,6 +190,7 @@ async fn invalid_pages_are_bad_requests(pool: PgPool) {
         "invalid_path_parameter",
     )
     .await;
+    system.stop().await;
 }
 
 fn read_side_cursor(kind: &str, value: &str) -> String {

@@ -56,6 +56,7 @@ async fn lag_is_the_events_not_yet_applied_and_drops_to_zero(pool: PgPool) {
     let again = system.get_json("/projections").await;
     assert_eq!(find(&again, "inventory")["lag_events"], 0);
     assert_eq!(find(&again, "order_details")["lag_events"], 0);
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -72,6 +73,7 @@ async fn a_projection_without_a_live_worker_is_reported_stalled(pool: PgPool) {
     let inventory = find(&report, "inventory");
     assert_eq!(inventory["state"], "stalled");
     assert_eq!(inventory["worker"]["alive"], false);
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -90,4 +92,5 @@ async fn a_poison_event_shows_as_halted_with_its_error_and_a_parked_count(pool: 
             .contains("cannot be decoded")
     );
     assert_eq!(inventory["lag_events"], 1);
+    system.stop().await;
 }

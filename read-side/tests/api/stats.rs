@@ -39,6 +39,7 @@ async fn sales_are_reported_per_day_and_currency(pool: PgPool) {
         .get_json(&format!("/stats/sales?from={earlier}&to={earlier}"))
         .await;
     assert_eq!(report["days"], json!([]));
+    system.stop().await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -77,4 +78,5 @@ async fn invalid_ranges_are_bad_requests(pool: PgPool) {
         "invalid_query",
     )
     .await;
+    system.stop().await;
 }

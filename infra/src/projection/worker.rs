@@ -12,18 +12,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use infra::event_store::{Checkpoint, StoreError, StoredEvent, log};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use crate::event_store::{Checkpoint, StoreError, StoredEvent, log};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::events::decode;
 use super::{ApplyError, PoisonPolicy, Projection, Wakeup, WorkerConfig, is_transient};
-use crate::events::decode;
 
 /// The channel a worker notifies (with the projection's name) when its checkpoint or state
 /// changes, so readers waiting for a consistency token wake at once.
-pub const CHECKPOINTS_CHANNEL: &str = infra::channels::CHECKPOINTS;
+pub const CHECKPOINTS_CHANNEL: &str = crate::channels::CHECKPOINTS;
 
 /// What one step of a worker did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,18 +197,22 @@ impl Worker {
             self.lease = None;
         }
         let name = self.projection.name();
-        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
+        // A pool connection, so that closing the pool waits for the lease to end; closed
+        // (never recycled) when dropped, because its session holds the lock.
+        let mut conn = self
+            .pool
+            .acquire()
             .await
             .map_err(self.database("open the lease connection"))?;
+        conn.close_on_drop();
         let locked: bool = sqlx::query_scalar(
             "SELECT pg_try_advisory_lock(hashtextextended('projection:' || $1, 0))",
         )
         .bind(name)
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(self.database("take the lease"))?;
         if !locked {
-            let _ = conn.close().await;
             return Ok(false);
         }
         // Waits for a zombie's batch (it holds this row) to end before taking over.
@@ -217,7 +222,7 @@ impl Worker {
         )
         .bind(name)
         .bind(&self.id)
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(self.database("bump the fencing token"))?;
         sqlx::query(
@@ -226,7 +231,7 @@ impl Worker {
         )
         .bind(name)
         .bind(&self.id)
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await
         .map_err(self.database("record the first heartbeat"))?;
         tracing::info!(projection = name, worker = %self.id, token, "took the lease");
@@ -358,7 +363,7 @@ impl Worker {
         let attempts = self.attempts.entry(stored.event_id).or_insert(0);
         *attempts += 1;
         let attempts = *attempts;
-        let error = infra::telemetry::err_chain(&err);
+        let error = crate::telemetry::err_chain(&err);
         tracing::warn!(
             projection = name, event_id = %stored.event_id, position = stored.position,
             attempts, error = %error, "an event failed to apply"
@@ -499,7 +504,7 @@ impl Worker {
                     (self.config.poll_interval, true)
                 }
                 Err(err) => {
-                    let error = infra::telemetry::err_chain(&err);
+                    let error = crate::telemetry::err_chain(&err);
                     tracing::error!(projection = self.name(), error = %error, "projection step failed");
                     self.record_error(&error).await;
                     backoff = next_backoff(backoff, self.config.max_backoff);
@@ -537,7 +542,7 @@ async fn notify_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), sq
 /// Keeps the lease's session alive and says so every `interval`; on failure (the session
 /// broke, or another worker took over) flags the lease as lost and ends the session.
 async fn heartbeat(
-    mut conn: PgConnection,
+    mut conn: PoolConnection<Postgres>,
     name: &'static str,
     owner: String,
     interval: Duration,
@@ -550,7 +555,7 @@ async fn heartbeat(
         )
         .bind(name)
         .bind(&owner)
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await;
         match result {
             Ok(done) if done.rows_affected() == 1 => {}

@@ -8,7 +8,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
 /// The channel the `events` table's trigger notifies after every insert.
-pub const EVENTS_CHANNEL: &str = infra::channels::EVENTS;
+pub const EVENTS_CHANNEL: &str = crate::channels::EVENTS;
 
 /// A wake-up a worker can wait on. `Notify::notify_one` stores a permit, so a notification
 /// that arrives while the worker is busy is not lost: its next wait returns at once.
@@ -17,7 +17,7 @@ pub type Wakeup = Arc<Notify>;
 /// Listens on `channel` until the process ends, waking every worker on each notification.
 /// Reconnects after errors; while disconnected, workers still poll.
 pub async fn listen_for_events(pool: PgPool, channel: &'static str, workers: Vec<Wakeup>) {
-    loop {
+    while !pool.is_closed() {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
                 if let Err(err) = listener.listen(channel).await {

@@ -1,10 +1,10 @@
 //! Decoding stored events into the domain's event types, by aggregate type.
 
+use crate::event_store::StoredEvent;
 use cqrs_es::Aggregate;
 use domain::inventory::{InventoryEvent, InventoryItem};
 use domain::order::{Order, OrderEvent};
 use domain::payment::{Payment, PaymentEvent};
-use infra::event_store::StoredEvent;
 
 /// An event of any aggregate this system knows.
 #[derive(Debug, Clone, PartialEq)]

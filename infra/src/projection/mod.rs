@@ -1,18 +1,22 @@
-//! The projection runtime: what a projection is, and the worker that runs one.
+//! The runtime every log follower with database-only effects runs on: projections (read
+//! models) and the saga's trigger. What a projection is, and the worker that runs one.
+//!
+//! Deliberately not here: any particular read model (the `projections` crate).
 
+pub mod events;
 mod wake;
 mod worker;
 
 use std::time::Duration;
 
+use crate::event_store::StoredEvent;
 use async_trait::async_trait;
-use infra::event_store::StoredEvent;
 use sqlx::PgConnection;
 
 pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for_events};
 pub use worker::{CHECKPOINTS_CHANNEL, Outcome, Worker, WorkerError};
 
-use crate::events::DomainEvent;
+use events::DomainEvent;
 
 /// What a projection does with an event it cannot apply after `max_attempts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,10 @@
 use std::future::Future;
 
 use crate::Timestamp;
+use crate::ids::OrderId;
+use crate::money::Money;
 use crate::order::CatalogFacts;
-use crate::text::Sku;
+use crate::text::{AuthorizationId, CardToken, DeclineReason, Sku};
 
 /// Where "now" comes from. Commands carry their time; the edge asks this port for it, so
 /// tests can pin it.
@@ -23,4 +25,69 @@ pub trait Catalog: Send + Sync {
         &self,
         skus: &[Sku],
     ) -> impl Future<Output = Result<CatalogFacts, Self::Error>> + Send;
+}
+
+/// What the order fulfilment saga asks the payment gateway to do. Every call carries an
+/// idempotency key derived from the saga's step, so a retried call never charges twice.
+pub trait PaymentGateway: Send + Sync {
+    /// Asks the card's issuer to hold `amount`.
+    fn authorize(
+        &self,
+        request: &AuthorizationRequest,
+    ) -> impl Future<Output = Result<AuthorizationOutcome, GatewayError>> + Send;
+
+    /// Takes the held amount.
+    fn capture(
+        &self,
+        authorization: &AuthorizationId,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// Releases a hold that will not be captured.
+    fn void(
+        &self,
+        authorization: &AuthorizationId,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// Gives back `amount` of a captured payment.
+    fn refund(
+        &self,
+        authorization: &AuthorizationId,
+        amount: Money,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// The authorization an `authorize` call with this key made, if any: after a call whose
+    /// answer was lost (a timeout), this tells whether something must be voided.
+    fn find_authorization(
+        &self,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<Option<AuthorizationId>, GatewayError>> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRequest {
+    pub order_id: OrderId,
+    pub amount: Money,
+    pub card_token: CardToken,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizationOutcome {
+    Approved(AuthorizationId),
+    Declined(DeclineReason),
+}
+
+/// A gateway call that did not produce an answer about the payment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// No answer (timeout, connection failure, 5xx, circuit breaker open): try again later.
+    #[error("the payment gateway is unavailable: {0}")]
+    Unavailable(String),
+    /// The gateway refused the request itself (4xx other than a decline): retrying the same
+    /// request will not help.
+    #[error("the payment gateway refused the request: {0}")]
+    Refused(String),
 }

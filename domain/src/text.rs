@@ -151,6 +151,52 @@ free_text!(
     200
 );
 
+/// The payment gateway's reference to an authorization: opaque, 1 to 128 visible ASCII
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AuthorizationId(String);
+
+impl AuthorizationId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(text: impl Into<String>) -> Result<Self, TextError> {
+        let text = text.into();
+        const WHAT: &str = "authorization id";
+        check_length(&text, WHAT, Self::MAX_LEN)?;
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TextError::Forbidden {
+                what: WHAT,
+                allowed: "visible ASCII characters",
+            });
+        }
+        Ok(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AuthorizationId {
+    type Error = TextError;
+    fn try_from(text: String) -> Result<Self, TextError> {
+        Self::parse(text)
+    }
+}
+
+impl From<AuthorizationId> for String {
+    fn from(id: AuthorizationId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for AuthorizationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An opaque token for the customer's card, issued by the payment provider. We never see
 /// card numbers; the token is what the payment gateway charges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

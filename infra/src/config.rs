@@ -7,6 +7,10 @@
 //! | `DATABASE_MIGRATE` | `true` | run migrations at start-up |
 //! | `WRITE_ADDR` | `127.0.0.1:8080` | the command API's listen address |
 //! | `READ_ADDR` | `127.0.0.1:8081` | the query API's listen address |
+//! | `PAYMENT_GATEWAY_URL` | `http://127.0.0.1:8090` | the payment gateway the saga charges through |
+//! | `PAYMENT_GATEWAY_TIMEOUT_MS` | `2000` | per call; a call that takes longer is retried |
+//! | `PAYMENT_GATEWAY_SIM_ADDR` | `127.0.0.1:8090` | where the simulator listens |
+//! | `SAGA_PAYMENT_DEADLINE_MS` | `30000` | no payment outcome by then: the order is cancelled |
 //! | `RUST_LOG` | `info` | tracing filter (`EnvFilter` syntax) |
 //! | `LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //!
@@ -23,7 +27,23 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub write_api: HttpSettings,
     pub read_api: HttpSettings,
+    pub payment_gateway: PaymentGatewaySettings,
+    pub saga: SagaSettings,
     pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentGatewaySettings {
+    pub url: String,
+    /// Per attempt; the client retries transient failures a few times within one call.
+    pub timeout: Duration,
+    pub simulator_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    /// How long an order may wait for a payment outcome before it is cancelled.
+    pub payment_deadline: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +136,29 @@ pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, Confi
                 "host:port",
             )?,
             request_timeout: Duration::from_secs(30),
+        },
+        payment_gateway: PaymentGatewaySettings {
+            url: var("PAYMENT_GATEWAY_URL").unwrap_or_else(|| "http://127.0.0.1:8090".to_owned()),
+            timeout: Duration::from_millis(parse(
+                &var,
+                "PAYMENT_GATEWAY_TIMEOUT_MS",
+                2_000,
+                "milliseconds",
+            )?),
+            simulator_addr: parse(
+                &var,
+                "PAYMENT_GATEWAY_SIM_ADDR",
+                ([127, 0, 0, 1], 8090).into(),
+                "host:port",
+            )?,
+        },
+        saga: SagaSettings {
+            payment_deadline: Duration::from_millis(parse(
+                &var,
+                "SAGA_PAYMENT_DEADLINE_MS",
+                30_000,
+                "milliseconds",
+            )?),
         },
         telemetry: TelemetrySettings {
             filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),

@@ -24,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod event_store;
 pub mod keyed_lock;
+pub mod payment_gateway;
 pub mod projection;
 pub mod shutdown;
 pub mod telemetry;

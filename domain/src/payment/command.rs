@@ -1,7 +1,7 @@
 use crate::Timestamp;
 use crate::ids::{OrderId, RefundId};
 use crate::money::Money;
-use crate::text::DeclineReason;
+use crate::text::{AuthorizationId, DeclineReason};
 
 /// What can be recorded about a payment.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,6 +10,7 @@ pub enum PaymentCommand {
     Authorize {
         order_id: OrderId,
         amount: Money,
+        authorization_id: AuthorizationId,
         at: Timestamp,
     },
     /// The gateway captured the authorized amount.

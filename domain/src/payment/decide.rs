@@ -58,12 +58,14 @@ pub fn decide(
             PaymentCommand::Authorize {
                 order_id,
                 amount,
+                authorization_id,
                 at,
             },
             PaymentState::Empty,
         ) => Ok(vec![PaymentEvent::Authorized {
             order_id,
             amount,
+            authorization_id,
             at,
         }]),
         (PaymentCommand::Authorize { amount, .. }, PaymentState::Authorized { amount: held })

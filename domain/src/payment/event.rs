@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use crate::Timestamp;
 use crate::ids::{OrderId, RefundId};
 use crate::money::Money;
-use crate::text::DeclineReason;
+use crate::text::{AuthorizationId, DeclineReason};
 
 /// What happened to a payment. A persisted contract: variants and fields are never renamed;
 /// a new shape gets a new `event_version` and an upcaster.
@@ -13,6 +13,8 @@ pub enum PaymentEvent {
     Authorized {
         order_id: OrderId,
         amount: Money,
+        /// The gateway's reference, needed to capture, void or refund.
+        authorization_id: AuthorizationId,
         at: Timestamp,
     },
     Captured {

@@ -5,7 +5,7 @@ use super::*;
 use crate::Timestamp;
 use crate::ids::{OrderId, RefundId};
 use crate::money::{Currency, Money};
-use crate::text::DeclineReason;
+use crate::text::{AuthorizationId, DeclineReason};
 
 fn t(second: u32) -> Timestamp {
     chrono::Utc
@@ -25,10 +25,14 @@ fn refund_id(n: u8) -> RefundId {
 fn given(events: impl IntoIterator<Item = PaymentEvent>) -> PaymentState {
     events.into_iter().fold(PaymentState::default(), evolve)
 }
+fn authorization() -> AuthorizationId {
+    AuthorizationId::parse("auth_1").unwrap()
+}
 fn authorize(minor: i64) -> PaymentCommand {
     PaymentCommand::Authorize {
         order_id: order(),
         amount: eur(minor),
+        authorization_id: authorization(),
         at: t(1),
     }
 }
@@ -36,6 +40,7 @@ fn authorized(minor: i64) -> PaymentEvent {
     PaymentEvent::Authorized {
         order_id: order(),
         amount: eur(minor),
+        authorization_id: authorization(),
         at: t(1),
     }
 }

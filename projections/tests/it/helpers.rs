@@ -172,6 +172,8 @@ impl Shop {
             PaymentCommand::Authorize {
                 order_id: order_id(order),
                 amount: eur(total),
+                authorization_id: domain::text::AuthorizationId::parse(format!("auth_{order}"))
+                    .expect("authorization id"),
                 at: t(day, 3),
             },
         )

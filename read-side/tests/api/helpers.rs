@@ -203,6 +203,8 @@ impl System {
                 PaymentCommand::Authorize {
                     order_id: id,
                     amount: eur(total),
+                    authorization_id: domain::text::AuthorizationId::parse("auth_test")
+                        .expect("authorization id"),
                     at,
                 },
                 options(),

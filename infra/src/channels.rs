@@ -5,3 +5,6 @@ pub const EVENTS: &str = "ordo_events";
 
 /// Notified with a projection's name when its checkpoint or state changes, at commit.
 pub const CHECKPOINTS: &str = "ordo_checkpoints";
+
+/// Notified when a saga is started or signalled, so runners pick it up at once.
+pub const SAGAS: &str = "ordo_sagas";

@@ -105,6 +105,9 @@ pub struct Committed {
     pub replayed: bool,
 }
 
+/// A command's outcome with the events its execution appended.
+pub type CommittedWithEvents<A> = (Committed, Vec<<A as Aggregate>::Event>);
+
 /// Why a command did not take effect.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError<E: std::error::Error + 'static> {
@@ -189,8 +192,8 @@ impl<A: Aggregate> std::fmt::Debug for CommandExecutor<A> {
     }
 }
 
-enum Attempt<E: std::error::Error + 'static> {
-    Done(Committed),
+enum Attempt<E: std::error::Error + 'static, V> {
+    Done(Committed, Vec<V>),
     Conflict,
     Failed(ExecuteError<E>),
 }
@@ -226,19 +229,32 @@ where
     /// `IdempotencyKeyReused` / `IdempotencyKeyInFlight`, `Store` (the database failed; when
     /// it failed at commit the outcome is unknown, and a retry with the same idempotency key
     /// resolves it).
-    #[tracing::instrument(skip_all, fields(aggregate = A::TYPE, aggregate_id))]
     pub async fn execute(
         &self,
         aggregate_id: &str,
         command: A::Command,
         options: CommandOptions,
     ) -> Result<Committed, ExecuteError<A::Error>> {
+        self.execute_with_events(aggregate_id, command, options)
+            .await
+            .map(|(committed, _)| committed)
+    }
+
+    /// Like `execute`, and also returns the events this execution appended (none for a
+    /// no-op or a replay).
+    #[tracing::instrument(skip_all, fields(aggregate = A::TYPE, aggregate_id))]
+    pub async fn execute_with_events(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        options: CommandOptions,
+    ) -> Result<CommittedWithEvents<A>, ExecuteError<A::Error>> {
         tracing::Span::current().record("aggregate_id", aggregate_id);
         let _guard = self.locks.lock(aggregate_id).await;
         let mut attempt = 1;
         loop {
             match self.attempt(aggregate_id, command.clone(), &options).await {
-                Attempt::Done(committed) => return Ok(committed),
+                Attempt::Done(committed, events) => return Ok((committed, events)),
                 Attempt::Failed(err) => return Err(err),
                 Attempt::Conflict if attempt >= self.policy.max_attempts => {
                     return Err(ExecuteError::Conflict { attempts: attempt });
@@ -257,7 +273,7 @@ where
         aggregate_id: &str,
         command: A::Command,
         options: &CommandOptions,
-    ) -> Attempt<A::Error> {
+    ) -> Attempt<A::Error, A::Event> {
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(source) => {
@@ -272,14 +288,14 @@ where
         };
         // Dropping `tx` on any early return rolls everything back, the key claim included.
         match self.run(&mut tx, aggregate_id, command, options).await {
-            Attempt::Done(committed) => {
+            Attempt::Done(committed, events) => {
                 if committed.replayed {
                     // Nothing was written; end the transaction without a commit round trip.
                     drop(tx);
-                    return Attempt::Done(committed);
+                    return Attempt::Done(committed, events);
                 }
                 match tx.commit().await {
-                    Ok(()) => Attempt::Done(committed),
+                    Ok(()) => Attempt::Done(committed, events),
                     Err(source) => Attempt::Failed(
                         StoreError::Transaction {
                             operation: "commit",
@@ -299,11 +315,11 @@ where
         aggregate_id: &str,
         command: A::Command,
         options: &CommandOptions,
-    ) -> Attempt<A::Error> {
+    ) -> Attempt<A::Error, A::Event> {
         if let Some(idempotency) = &options.idempotency {
             match claim_key(conn, idempotency, A::TYPE, aggregate_id).await {
                 Ok(Claim::Claimed) => {}
-                Ok(Claim::Replay(committed)) => return Attempt::Done(committed),
+                Ok(Claim::Replay(committed)) => return Attempt::Done(committed, Vec::new()),
                 Err(err) => return Attempt::Failed(err.into_execute_error()),
             }
         }
@@ -376,7 +392,7 @@ where
         {
             return Attempt::Failed(err.into());
         }
-        Attempt::Done(committed)
+        Attempt::Done(committed, events)
     }
 }
 

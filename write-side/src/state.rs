@@ -15,6 +15,11 @@ const INVENTORY_SNAPSHOT_EVERY: u64 = 100;
 /// Bump when `InventoryItem`'s serde shape changes (old snapshots are then ignored).
 const INVENTORY_SNAPSHOT_VERSION: i32 = 1;
 
+/// How inventory items are stored; the same in every process that writes them.
+pub fn inventory_policy() -> ExecutorPolicy {
+    ExecutorPolicy::with_snapshots(INVENTORY_SNAPSHOT_EVERY, INVENTORY_SNAPSHOT_VERSION)
+}
+
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub inventory: CommandExecutor<InventoryItem>,

@@ -160,6 +160,20 @@ impl EventLog {
             .map_err(StoreError::ReadLog)
     }
 
+    /// The event at `position`, if it is committed.
+    pub async fn event_at(&self, position: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position = $1");
+        let row = sqlx::query(&sql)
+            .bind(position)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::ReadLog)?;
+        row.as_ref()
+            .map(StoredEvent::from_row)
+            .transpose()
+            .map_err(StoreError::ReadLog)
+    }
+
     /// Every committed event of one aggregate, in sequence order (for debugging and tests).
     pub async fn read_stream(
         &self,

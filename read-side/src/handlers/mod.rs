@@ -5,6 +5,7 @@ pub mod customers;
 pub mod inventory;
 pub mod orders;
 pub mod projections;
+pub mod sagas;
 pub mod stats;
 
 use serde::Serialize;

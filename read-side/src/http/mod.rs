@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::handlers::{customers, inventory, orders, projections, stats};
+use crate::handlers::{customers, inventory, orders, projections, sagas, stats};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -31,7 +31,7 @@ use crate::state::AppState;
         (name = "orders", description = "Orders and customers' orders"),
         (name = "inventory", description = "Stock and prices"),
         (name = "stats", description = "Reports"),
-        (name = "operations", description = "Projections and probes"),
+        (name = "operations", description = "Projections, sagas and probes"),
     ),
     components(schemas(http_kit::ProblemBody, http_kit::FieldError)),
 )]
@@ -46,6 +46,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(inventory::list_items))
         .routes(routes!(stats::sales))
         .routes(routes!(projections::list_projections))
+        .routes(routes!(sagas::list_sagas))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
         .split_for_parts()

@@ -5,4 +5,5 @@ pub mod customers;
 pub mod inventory;
 pub mod orders;
 pub mod projections;
+pub mod sagas;
 pub mod sales;

@@ -8,4 +8,5 @@ mod inventory;
 mod operations;
 mod orders;
 mod projections_status;
+mod sagas;
 mod stats;

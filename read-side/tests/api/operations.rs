@@ -20,6 +20,7 @@ async fn the_query_api_documents_every_route_and_answers_probes(pool: PgPool) {
         "/inventory",
         "/stats/sales",
         "/projections",
+        "/sagas",
         "/livez",
         "/readyz",
     ] {

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::handlers::{inventory, orders};
+use crate::handlers::{inventory, orders, sagas};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -30,7 +30,7 @@ use crate::state::AppState;
     tags(
         (name = "inventory", description = "Inventory items, one per SKU"),
         (name = "orders", description = "Orders and their lifecycle"),
-        (name = "operations", description = "Probes"),
+        (name = "operations", description = "Saga retries and probes"),
     ),
     components(schemas(http_kit::ProblemBody, http_kit::FieldError)),
 )]
@@ -44,6 +44,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::place_order))
         .routes(routes!(orders::cancel_order))
         .routes(routes!(orders::ship_order))
+        .routes(routes!(sagas::retry_saga))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
         .split_for_parts()

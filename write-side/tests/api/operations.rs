@@ -41,6 +41,7 @@ async fn the_openapi_document_lists_every_route(pool: PgPool) {
         "/orders",
         "/orders/{id}/cancel",
         "/orders/{id}/ship",
+        "/sagas/{order_id}/retry",
         "/livez",
         "/readyz",
     ] {

@@ -1,0 +1,595 @@
+//! The saga runner: takes due sagas, performs their next actions, saves every outcome.
+//!
+//! Each action is one command (through the command executors) and/or one payment gateway
+//! call, both carrying the saga's deterministic key for the step, so an action repeated after
+//! a crash (performed, but its outcome not saved) has no second effect. Transient failures
+//! (the database, a gateway that does not answer or whose breaker is open) are retried with
+//! backoff, never past the payment deadline while charging, which is the saga's durable
+//! timer: `due_at` in PostgreSQL, so it fires after a restart too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::Aggregate;
+use domain::inventory::{InventoryCommand, InventoryError, InventoryEvent, InventoryItem};
+use domain::order::{Order, OrderCommand, OrderError};
+use domain::payment::{Payment, PaymentCommand};
+use domain::ports::{
+    AuthorizationOutcome, AuthorizationRequest, Clock, GatewayError, PaymentGateway,
+};
+use domain::rejection::Rejection;
+use domain::text::DeclineReason;
+use infra::commands::{
+    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, IdempotencyKey,
+};
+use infra::event_store::{EventLog, EventMetadata};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use super::order_fulfillment::{Action, Fulfillment, Outcome, Stage, apply, next_action};
+use super::store::{self, Claimed, Save};
+
+/// How a runner works.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerConfig {
+    /// Sagas worked on at once.
+    pub concurrency: usize,
+    /// How long a claim lasts without a save; a dead runner's sagas wait this long.
+    pub lease: Duration,
+    /// How often to look for due sagas when nothing wakes the runner.
+    pub poll_interval: Duration,
+    /// How long an order may wait for a payment outcome.
+    pub payment_deadline: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl RunnerConfig {
+    pub fn new(payment_deadline: Duration) -> Self {
+        Self {
+            concurrency: 32,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            payment_deadline,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Stops a runner right after an action took effect, before its outcome is saved: what a
+/// crash at the worst moment looks like. For tests.
+pub type CrashAfter = Arc<dyn Fn(&Action) -> bool + Send + Sync>;
+
+enum StepError {
+    /// Try again later.
+    Transient(String),
+    /// Something the saga cannot handle; an operator must look.
+    Fatal(String),
+}
+
+fn executor_error<E: Rejection + 'static>(err: ExecuteError<E>) -> StepError {
+    let text = infra::telemetry::err_chain(&err);
+    match err {
+        ExecuteError::Store(_)
+        | ExecuteError::Conflict { .. }
+        | ExecuteError::IdempotencyKeyInFlight { .. } => StepError::Transient(text),
+        ExecuteError::Rejected(rejection) => {
+            StepError::Fatal(format!("{}: {text}", rejection.code()))
+        }
+        ExecuteError::VersionMismatch { .. } | ExecuteError::IdempotencyKeyReused { .. } => {
+            StepError::Fatal(text)
+        }
+    }
+}
+
+fn gateway_error(err: GatewayError) -> StepError {
+    match err {
+        GatewayError::Unavailable(_) => StepError::Transient(err.to_string()),
+        GatewayError::Refused(_) => StepError::Fatal(err.to_string()),
+    }
+}
+
+/// Works on fulfilment sagas.
+pub struct Runner<G> {
+    pool: PgPool,
+    id: String,
+    config: RunnerConfig,
+    orders: CommandExecutor<Order>,
+    items: CommandExecutor<InventoryItem>,
+    payments: CommandExecutor<Payment>,
+    log: EventLog,
+    gateway: Arc<G>,
+    clock: Arc<dyn Clock>,
+    crash_after: Option<CrashAfter>,
+}
+
+impl<G> std::fmt::Debug for Runner<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<G: PaymentGateway + 'static> Runner<G> {
+    pub fn new(
+        pool: PgPool,
+        gateway: Arc<G>,
+        clock: Arc<dyn Clock>,
+        config: RunnerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: format!(
+                "saga-pid{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
+            items: CommandExecutor::new(pool.clone(), (), crate::state::inventory_policy()),
+            payments: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
+            log: EventLog::new(pool.clone()),
+            pool,
+            config,
+            gateway,
+            clock,
+            crash_after: None,
+        })
+    }
+
+    /// A runner that "crashes" after actions `crash_after` picks (see [`CrashAfter`]).
+    pub fn with_crash_after(
+        pool: PgPool,
+        gateway: Arc<G>,
+        clock: Arc<dyn Clock>,
+        config: RunnerConfig,
+        crash_after: CrashAfter,
+    ) -> Arc<Self> {
+        let runner = Self::new(pool, gateway, clock, config);
+        let mut runner = Arc::into_inner(runner).expect("a new runner has one owner");
+        runner.crash_after = Some(crash_after);
+        Arc::new(runner)
+    }
+
+    /// Claims every due saga (up to `concurrency`), works on them concurrently, and returns
+    /// how many it took.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, store::SagaStoreError> {
+        let claimed = store::claim(
+            &self.pool,
+            &self.id,
+            self.config.lease,
+            self.config.concurrency as i64,
+        )
+        .await?;
+        let n = claimed.len();
+        let mut tasks = JoinSet::new();
+        for saga in claimed {
+            let runner = self.clone();
+            tasks.spawn(async move { runner.process(saga).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(n)
+    }
+
+    /// Runs until `shutdown` turns true, taking sagas as they fall due, woken by `wakeup`.
+    pub async fn run(self: Arc<Self>, wakeup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = self.config.concurrency.saturating_sub(tasks.len());
+            let mut claimed_any = false;
+            if free > 0 {
+                match store::claim(&self.pool, &self.id, self.config.lease, free as i64).await {
+                    Ok(claimed) => {
+                        claimed_any = !claimed.is_empty();
+                        for saga in claimed {
+                            let runner = self.clone();
+                            tasks.spawn(async move { runner.process(saga).await });
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to claim sagas")
+                    }
+                }
+            }
+            if claimed_any && tasks.len() < self.config.concurrency {
+                continue;
+            }
+            tokio::select! {
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = wakeup.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let the sagas in hand finish their current action and save.
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(runner = %self.id, "saga runner stopped");
+    }
+
+    fn backoff(&self, attempts: i32) -> Duration {
+        let ceiling = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << attempts.clamp(0, 16))
+            .min(self.config.backoff_max);
+        let millis = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %claimed.saga.order_id))]
+    async fn process(&self, mut claimed: Claimed) {
+        loop {
+            let now = self.clock.now();
+            let Some(action) = next_action(&mut claimed.saga, claimed.signals, now) else {
+                // Nothing to do until a signal (or ever): save and let the claim go.
+                let save = Save {
+                    next_step: None,
+                    due_at: None,
+                    attempts: 0,
+                    last_error: None,
+                    release: true,
+                    lease: self.config.lease,
+                };
+                if let Err(err) = store::save(&self.pool, &self.id, &claimed, save).await {
+                    tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
+                }
+                return;
+            };
+            let stage_before = claimed.saga.stage.clone();
+            match self.perform(&claimed.saga, &action).await {
+                Ok(outcome) => {
+                    if self
+                        .crash_after
+                        .as_ref()
+                        .is_some_and(|crash| crash(&action))
+                    {
+                        tracing::warn!(action = %action, "crashing on purpose before saving the outcome");
+                        return;
+                    }
+                    tracing::debug!(action = %action, ?outcome, "saga step done");
+                    let deadline = now
+                        + chrono::Duration::from_std(self.config.payment_deadline)
+                            .unwrap_or(chrono::Duration::MAX);
+                    apply(&mut claimed.saga, outcome, deadline);
+                    let next = next_action(&mut claimed.saga.clone(), claimed.signals, now)
+                        .map(|a| a.name());
+                    let save = Save {
+                        next_step: next.as_deref(),
+                        due_at: Some(now),
+                        attempts: 0,
+                        last_error: None,
+                        release: false,
+                        lease: self.config.lease,
+                    };
+                    match store::save(&self.pool, &self.id, &claimed, save).await {
+                        Ok(Some((signals, seen))) => {
+                            claimed.signals = signals;
+                            claimed.seen = seen;
+                            claimed.attempts = 0;
+                        }
+                        Ok(None) => {
+                            tracing::warn!("lost the claim on a saga; another runner has it");
+                            return;
+                        }
+                        Err(err) => {
+                            // The claim expires and the step is repeated, harmlessly.
+                            tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
+                            return;
+                        }
+                    }
+                }
+                Err(StepError::Transient(error)) => {
+                    let attempts = claimed.attempts.saturating_add(1);
+                    let mut due = now
+                        + chrono::Duration::from_std(self.backoff(attempts)).unwrap_or_default();
+                    if stage_before == Stage::Charging
+                        && let Some(deadline) = claimed.saga.deadline
+                    {
+                        // Retry until the deadline, then time out (never later).
+                        due = due.min(deadline);
+                    }
+                    tracing::warn!(action = %action, attempts, error, "saga step failed; will retry");
+                    let save = Save {
+                        next_step: Some(&action.name()),
+                        due_at: Some(due),
+                        attempts,
+                        last_error: Some(&error),
+                        release: true,
+                        lease: self.config.lease,
+                    };
+                    if let Err(err) = store::save(&self.pool, &self.id, &claimed, save).await {
+                        tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
+                    }
+                    return;
+                }
+                Err(StepError::Fatal(error)) => {
+                    tracing::error!(action = %action, error, "saga failed; an operator must retry it");
+                    claimed.saga.stage = Stage::Failed {
+                        error: error.clone(),
+                        stage: Box::new(stage_before),
+                    };
+                    let save = Save {
+                        next_step: Some(&action.name()),
+                        due_at: None,
+                        attempts: claimed.attempts.saturating_add(1),
+                        last_error: Some(&error),
+                        release: true,
+                        lease: self.config.lease,
+                    };
+                    if let Err(err) = store::save(&self.pool, &self.id, &claimed, save).await {
+                        tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Command options for a step: its key (and the key's digest as the request), with the
+    /// saga's order as correlation and its starting event as cause.
+    fn options(&self, saga: &Fulfillment, step: &str) -> CommandOptions {
+        let key = saga.key(step);
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        CommandOptions {
+            expected_version: None,
+            // Keys are built from a UUID and a step name: always valid.
+            idempotency: IdempotencyKey::new(&key, digest).ok(),
+            metadata: EventMetadata {
+                correlation_id: Some(saga.order_id.as_uuid()),
+                causation_id: Some(saga.placed_event_id),
+                idempotency_key: None,
+                extra: Default::default(),
+            },
+        }
+    }
+
+    async fn perform(&self, saga: &Fulfillment, action: &Action) -> Result<Outcome, StepError> {
+        let order_id = saga.order_id;
+        let order = order_id.to_string();
+        let at = self.clock.now();
+        let step = action.name();
+        match action {
+            Action::Reserve { sku, quantity } => {
+                let command = InventoryCommand::Reserve {
+                    order_id,
+                    quantity: *quantity,
+                    at,
+                };
+                match self
+                    .items
+                    .execute_with_events(sku.as_str(), command, self.options(saga, &step))
+                    .await
+                {
+                    Ok((committed, events)) => {
+                        let price = events.iter().find_map(|event| match event {
+                            InventoryEvent::Reserved { unit_price, .. } => Some(*unit_price),
+                            _ => None,
+                        });
+                        let unit_price = match price {
+                            Some(price) => price,
+                            // A repeated step: the price is in the event it appended the first time.
+                            None => {
+                                self.reserved_price(sku.as_str(), committed.position)
+                                    .await?
+                            }
+                        };
+                        Ok(Outcome::Reserved {
+                            sku: sku.clone(),
+                            unit_price,
+                        })
+                    }
+                    Err(ExecuteError::Rejected(
+                        InventoryError::InsufficientStock { .. }
+                        | InventoryError::NotRegistered
+                        | InventoryError::ReservationMismatch { .. },
+                    )) => Ok(Outcome::OutOfStock),
+                    Err(err) => Err(executor_error(err)),
+                }
+            }
+            Action::RecordReservation { lines } => {
+                let command = OrderCommand::RecordStockReserved {
+                    lines: lines.clone(),
+                    at,
+                };
+                self.order_command(&order, command, saga, &step, Outcome::Recorded)
+                    .await
+            }
+            Action::Authorize { amount } => {
+                let request = AuthorizationRequest {
+                    order_id,
+                    amount: *amount,
+                    card_token: saga.card_token.clone(),
+                    idempotency_key: saga.key("gateway-authorize"),
+                };
+                let answer = match self.gateway.authorize(&request).await {
+                    Ok(answer) => answer,
+                    // The gateway will never accept this request (an unknown card): a decline.
+                    Err(GatewayError::Refused(detail)) => AuthorizationOutcome::Declined(
+                        DeclineReason::parse(
+                            detail
+                                .chars()
+                                .take(DeclineReason::MAX_LEN)
+                                .collect::<String>(),
+                        )
+                        .map_err(|err| StepError::Fatal(err.to_string()))?,
+                    ),
+                    Err(err) => return Err(gateway_error(err)),
+                };
+                match answer {
+                    AuthorizationOutcome::Approved(authorization_id) => {
+                        let command = PaymentCommand::Authorize {
+                            order_id,
+                            amount: *amount,
+                            authorization_id: authorization_id.clone(),
+                            at,
+                        };
+                        self.payment_command(&order, command, saga, "payment-authorized")
+                            .await?;
+                        Ok(Outcome::Authorized(authorization_id))
+                    }
+                    AuthorizationOutcome::Declined(reason) => {
+                        let command = PaymentCommand::Decline {
+                            order_id,
+                            amount: *amount,
+                            reason,
+                            at,
+                        };
+                        self.payment_command(&order, command, saga, "payment-declined")
+                            .await?;
+                        Ok(Outcome::Declined)
+                    }
+                }
+            }
+            Action::Capture { authorization } => {
+                self.gateway
+                    .capture(authorization, &saga.key("gateway-capture"))
+                    .await
+                    .map_err(gateway_error)?;
+                self.payment_command(
+                    &order,
+                    PaymentCommand::Capture { at },
+                    saga,
+                    "payment-captured",
+                )
+                .await?;
+                Ok(Outcome::Captured)
+            }
+            Action::Confirm => {
+                self.order_command(
+                    &order,
+                    OrderCommand::Confirm { at },
+                    saga,
+                    &step,
+                    Outcome::Confirmed,
+                )
+                .await
+            }
+            Action::LookUpAuthorization => {
+                let found = self
+                    .gateway
+                    .find_authorization(&saga.key("gateway-authorize"))
+                    .await
+                    .map_err(gateway_error)?;
+                Ok(Outcome::LookedUp(found))
+            }
+            Action::Void { authorization } => {
+                self.gateway
+                    .void(authorization, &saga.key("gateway-void"))
+                    .await
+                    .map_err(gateway_error)?;
+                self.payment_command(&order, PaymentCommand::Void { at }, saga, "payment-voided")
+                    .await?;
+                Ok(Outcome::Voided)
+            }
+            Action::Refund {
+                authorization,
+                amount,
+                refund_id,
+            } => {
+                self.gateway
+                    .refund(authorization, *amount, &saga.key("gateway-refund"))
+                    .await
+                    .map_err(gateway_error)?;
+                let command = PaymentCommand::Refund {
+                    refund_id: *refund_id,
+                    amount: *amount,
+                    at,
+                };
+                self.payment_command(&order, command, saga, "payment-refunded")
+                    .await?;
+                Ok(Outcome::Refunded)
+            }
+            Action::Release { sku } => {
+                let command = InventoryCommand::Release { order_id, at };
+                self.items
+                    .execute(sku.as_str(), command, self.options(saga, &step))
+                    .await
+                    .map_err(executor_error)?;
+                Ok(Outcome::Released { sku: sku.clone() })
+            }
+            Action::CancelOrder { reason } => {
+                let command = OrderCommand::Cancel {
+                    reason: *reason,
+                    at,
+                };
+                self.order_command(&order, command, saga, &step, Outcome::OrderCancelled)
+                    .await
+            }
+            Action::Commit { sku } => {
+                let command = InventoryCommand::Commit { order_id, at };
+                self.items
+                    .execute(sku.as_str(), command, self.options(saga, &step))
+                    .await
+                    .map_err(executor_error)?;
+                Ok(Outcome::Committed { sku: sku.clone() })
+            }
+        }
+    }
+
+    /// Runs an order command; a refusal because the customer cancelled is an outcome.
+    async fn order_command(
+        &self,
+        order: &str,
+        command: OrderCommand,
+        saga: &Fulfillment,
+        step: &str,
+        success: Outcome,
+    ) -> Result<Outcome, StepError> {
+        match self
+            .orders
+            .execute(order, command, self.options(saga, step))
+            .await
+        {
+            Ok(_) => Ok(success),
+            Err(ExecuteError::Rejected(OrderError::Cancelled { .. })) => {
+                Ok(Outcome::CancelledByCustomer)
+            }
+            Err(err) => Err(executor_error(err)),
+        }
+    }
+
+    async fn payment_command(
+        &self,
+        order: &str,
+        command: PaymentCommand,
+        saga: &Fulfillment,
+        step: &str,
+    ) -> Result<(), StepError> {
+        self.payments
+            .execute(order, command, self.options(saga, step))
+            .await
+            .map(|_| ())
+            .map_err(executor_error)
+    }
+
+    /// The unit price recorded by the reservation event at `position`.
+    async fn reserved_price(
+        &self,
+        sku: &str,
+        position: Option<i64>,
+    ) -> Result<domain::money::Money, StepError> {
+        let missing = || StepError::Fatal(format!("no reservation event found for {sku}"));
+        let position = position.ok_or_else(missing)?;
+        let stored = self
+            .log
+            .event_at(position)
+            .await
+            .map_err(|err| StepError::Transient(infra::telemetry::err_chain(&err)))?
+            .ok_or_else(missing)?;
+        if stored.aggregate_type != InventoryItem::TYPE {
+            return Err(missing());
+        }
+        match serde_json::from_value::<InventoryEvent>(stored.payload) {
+            Ok(InventoryEvent::Reserved { unit_price, .. }) => Ok(unit_price),
+            _ => Err(missing()),
+        }
+    }
+}

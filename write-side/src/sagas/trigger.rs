@@ -1,0 +1,80 @@
+//! Starts and signals fulfilment sagas from the global log: a projection, so it runs on the
+//! shared worker with its own checkpoint, and each event's effect commits with the
+//! checkpoint (exactly once; a redelivered event changes nothing anyway).
+
+use async_trait::async_trait;
+use cqrs_es::Aggregate;
+use domain::ids::OrderId;
+use domain::order::{Order, OrderEvent};
+use infra::event_store::StoredEvent;
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Projection};
+use sqlx::PgConnection;
+
+use super::order_fulfillment::Fulfillment;
+use super::store;
+
+#[derive(Debug, Clone, Copy)]
+pub struct FulfillmentTrigger;
+
+impl FulfillmentTrigger {
+    pub const NAME: &'static str = "order_fulfillment";
+}
+
+#[async_trait]
+impl Projection for FulfillmentTrigger {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        stored.aggregate_type == Order::TYPE
+            && matches!(
+                stored.event_type.as_str(),
+                "OrderPlaced" | "OrderCancelled" | "OrderShipped"
+            )
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        stored: &StoredEvent,
+        event: &DomainEvent,
+    ) -> Result<(), ApplyError> {
+        let DomainEvent::Order(event) = event else {
+            return Ok(());
+        };
+        let order_id: OrderId = stored.aggregate_id.parse().map_err(|_| {
+            ApplyError::Invalid(format!("order id {:?} is not a UUID", stored.aggregate_id))
+        })?;
+        match event {
+            OrderEvent::Placed {
+                lines,
+                card_token,
+                currency,
+                ..
+            } => {
+                let saga = Fulfillment::start(
+                    order_id,
+                    stored.event_id,
+                    card_token.clone(),
+                    *currency,
+                    lines.iter().cloned().collect(),
+                );
+                store::start(conn, &saga).await?;
+            }
+            OrderEvent::Cancelled { .. } => store::signal(conn, order_id, true, false).await?,
+            OrderEvent::Shipped { .. } => store::signal(conn, order_id, false, true).await?,
+            OrderEvent::StockReserved { .. } | OrderEvent::Confirmed { .. } => return Ok(()),
+        }
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(infra::channels::SAGAS)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}

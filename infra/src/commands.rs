@@ -286,12 +286,19 @@ where
                 );
             }
         };
-        // Dropping `tx` on any early return rolls everything back, the key claim included.
         match self.run(&mut tx, aggregate_id, command, options).await {
             Attempt::Done(committed, events) => {
                 if committed.replayed {
-                    // Nothing was written; end the transaction without a commit round trip.
-                    drop(tx);
+                    // Nothing was written.
+                    if let Err(source) = tx.rollback().await {
+                        return Attempt::Failed(
+                            StoreError::Transaction {
+                                operation: "roll back",
+                                source,
+                            }
+                            .into(),
+                        );
+                    }
                     return Attempt::Done(committed, events);
                 }
                 match tx.commit().await {
@@ -305,7 +312,12 @@ where
                     ),
                 }
             }
-            other => other,
+            other => {
+                // Roll back now rather than on the connection's next use: the transaction may
+                // hold an idempotency key that concurrent retries are waiting for.
+                let _ = tx.rollback().await;
+                other
+            }
         }
     }
 

@@ -1,14 +1,19 @@
 //! `customer_orders`: each customer's orders, newest first.
+//!
+//! Per batch: load the touched rows, evolve them in memory, write the changed ones back in
+//! one statement.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::order::{Order, OrderEvent, OrderStatus};
 use infra::event_store::StoredEvent;
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Decoded, Projection, Table};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct CustomerOrdersProjection;
@@ -23,6 +28,75 @@ pub(crate) fn order_id(stored: &StoredEvent) -> Result<Uuid, ApplyError> {
     })
 }
 
+/// The distinct ids of the aggregates of `events`, as UUIDs.
+pub(crate) fn aggregate_uuids(events: &[Decoded]) -> Result<Vec<Uuid>, ApplyError> {
+    let mut ids = events
+        .iter()
+        .map(|d| order_id(&d.stored))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct Row {
+    customer_id: Uuid,
+    order_id: Uuid,
+    placed_at: DateTime<Utc>,
+    placed_position: i64,
+    status: String,
+    currency: String,
+    total_minor: Option<i64>,
+    line_count: i32,
+    version: i64,
+    last_position: i64,
+}
+
+fn evolve(rows: &mut HashMap<Uuid, Row>, order_id: Uuid, stored: &StoredEvent, event: &OrderEvent) {
+    if let OrderEvent::Placed {
+        customer_id,
+        lines,
+        currency,
+        at,
+        ..
+    } = event
+    {
+        rows.entry(order_id).or_insert_with(|| Row {
+            customer_id: customer_id.as_uuid(),
+            order_id,
+            placed_at: *at,
+            placed_position: stored.position,
+            status: OrderStatus::Pending.as_str().to_owned(),
+            currency: currency.to_string(),
+            total_minor: None,
+            line_count: i32::try_from(lines.len()).unwrap_or(i32::MAX),
+            version: stored.sequence,
+            last_position: stored.position,
+        });
+        return;
+    }
+    let Some(row) = rows.get_mut(&order_id) else {
+        return;
+    };
+    if stored.sequence <= row.version {
+        return;
+    }
+    let status = match event {
+        OrderEvent::Placed { .. } => return,
+        OrderEvent::StockReserved { total, .. } => {
+            row.total_minor = Some(total.amount_minor());
+            OrderStatus::Reserved
+        }
+        OrderEvent::Confirmed { .. } => OrderStatus::Confirmed,
+        OrderEvent::Shipped { .. } => OrderStatus::Shipped,
+        OrderEvent::Cancelled { .. } => OrderStatus::Cancelled,
+    };
+    row.status = status.as_str().to_owned();
+    row.version = stored.sequence;
+    row.last_position = stored.position;
+}
+
 #[async_trait]
 impl Projection for CustomerOrdersProjection {
     fn name(&self) -> &'static str {
@@ -33,64 +107,83 @@ impl Projection for CustomerOrdersProjection {
         1
     }
 
+    fn tables(&self) -> &'static [Table] {
+        &[Table {
+            name: "customer_orders_v1",
+            view: Some("customer_orders"),
+            key: &["order_id"],
+        }]
+    }
+
     fn handles(&self, stored: &StoredEvent) -> bool {
         stored.aggregate_type == Order::TYPE
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        stored: &StoredEvent,
-        event: &DomainEvent,
-    ) -> Result<(), ApplyError> {
-        let DomainEvent::Order(event) = event else {
-            return Ok(());
-        };
-        let order_id = order_id(stored)?;
-        let (status, total_minor) = match event {
-            OrderEvent::Placed {
-                customer_id,
-                lines,
-                currency,
-                at,
-                ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO customer_orders_v1 (customer_id, order_id, placed_at, placed_position,
-                                                     status, currency, line_count, version, last_position)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $4)
-                     ON CONFLICT (customer_id, order_id) DO NOTHING",
-                )
-                .bind(customer_id.as_uuid())
-                .bind(order_id)
-                .bind(at)
-                .bind(stored.position)
-                .bind(OrderStatus::Pending.as_str())
-                .bind(currency.as_str())
-                .bind(i32::try_from(lines.len()).unwrap_or(i32::MAX))
-                .bind(stored.sequence)
-                .execute(conn)
-                .await?;
-                return Ok(());
-            }
-            OrderEvent::StockReserved { total, .. } => {
-                (OrderStatus::Reserved, Some(total.amount_minor()))
-            }
-            OrderEvent::Confirmed { .. } => (OrderStatus::Confirmed, None),
-            OrderEvent::Shipped { .. } => (OrderStatus::Shipped, None),
-            OrderEvent::Cancelled { .. } => (OrderStatus::Cancelled, None),
-        };
-        sqlx::query(
-            "UPDATE customer_orders_v1
-                SET status = $2, total_minor = COALESCE($3, total_minor), version = $4,
-                    last_position = $5
-              WHERE order_id = $1 AND version < $4",
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        let ids = aggregate_uuids(events)?;
+        let loaded: Vec<Row> = sqlx::query_as(
+            "SELECT customer_id, order_id, placed_at, placed_position, status, currency,
+                    total_minor, line_count, version, last_position
+               FROM customer_orders_v1 WHERE order_id = ANY($1)",
         )
-        .bind(order_id)
-        .bind(status.as_str())
-        .bind(total_minor)
-        .bind(stored.sequence)
-        .bind(stored.position)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut rows: HashMap<Uuid, Row> = loaded.into_iter().map(|r| (r.order_id, r)).collect();
+        let before = rows.clone();
+        for decoded in events {
+            if let DomainEvent::Order(event) = &decoded.event {
+                evolve(
+                    &mut rows,
+                    order_id(&decoded.stored)?,
+                    &decoded.stored,
+                    event,
+                );
+            }
+        }
+        let changed: Vec<&Row> = rows
+            .values()
+            .filter(|row| before.get(&row.order_id) != Some(*row))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO customer_orders_v1 (customer_id, order_id, placed_at, placed_position,
+                                             status, currency, total_minor, line_count, version,
+                                             last_position)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[],
+                                  $5::text[], $6::text[], $7::bigint[], $8::int[], $9::bigint[],
+                                  $10::bigint[])
+             ON CONFLICT (order_id) DO UPDATE
+                SET status = EXCLUDED.status, total_minor = EXCLUDED.total_minor,
+                    version = EXCLUDED.version, last_position = EXCLUDED.last_position",
+        )
+        .bind(changed.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+        .bind(
+            changed
+                .iter()
+                .map(|r| r.placed_position)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            changed
+                .iter()
+                .map(|r| r.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            changed
+                .iter()
+                .map(|r| r.currency.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(changed.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.line_count).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.last_position).collect::<Vec<_>>())
         .execute(conn)
         .await?;
         Ok(())

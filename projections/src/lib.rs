@@ -9,12 +9,19 @@
 //!   [`sales_daily`]. Each is an `evolve` for tables: idempotent upserts guarded by the last
 //!   applied version, with timestamps taken from events so a rebuild reproduces every row.
 //!
+//! - [`rebuild`]: zero-downtime rebuilds into shadow tables, and dry runs.
+//! - [`admin`], [`replay`], [`cli`]: the operator CLI, `ordo`.
+//!
 //! Deliberately not here: reading the models (the `read-side` crate) and side effects outside
 //! the read-model database (sagas, Kafka), which cannot share the checkpoint's transaction.
 
+pub mod admin;
+pub mod cli;
 pub mod customer_orders;
 pub mod inventory;
 pub mod order_details;
+pub mod rebuild;
+pub mod replay;
 pub mod sales_daily;
 
 use std::sync::Arc;

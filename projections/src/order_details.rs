@@ -1,27 +1,303 @@
 //! `order_details`: everything about one order, composed from the order's, its inventory
 //! items' and its payment's events (the read model is the API composition), with a timeline
 //! of what happened.
+//!
+//! Per batch: load the touched orders, evolve them in memory (order events guarded by the
+//! order's version, payment events by the payment's), write the changed rows back in one
+//! statement and the new timeline entries in another.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::Timestamp;
 use domain::inventory::{InventoryEvent, InventoryItem};
 use domain::order::{Order, OrderEvent, OrderStatus};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Decoded, Projection, Table};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::customer_orders::order_id;
-use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct OrderDetailsProjection;
 
 impl OrderDetailsProjection {
     pub const NAME: &'static str = "order_details";
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct Row {
+    order_id: Uuid,
+    customer_id: Uuid,
+    status: String,
+    currency: String,
+    lines: serde_json::Value,
+    total_minor: Option<i64>,
+    payment_status: String,
+    captured_minor: i64,
+    refunded_minor: i64,
+    cancel_reason: Option<String>,
+    version: i64,
+    payment_version: i64,
+    placed_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_position: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    order_id: Uuid,
+    position: i64,
+    event_id: Uuid,
+    at: Timestamp,
+    source: &'static str,
+    event_type: String,
+    description: String,
+}
+
+/// What one batch does to the model.
+#[derive(Debug, Default)]
+struct Changes {
+    rows: HashMap<Uuid, Row>,
+    timeline: Vec<Entry>,
+}
+
+impl Changes {
+    fn entry(
+        &mut self,
+        order_id: Uuid,
+        stored: &StoredEvent,
+        at: Timestamp,
+        source: &'static str,
+        description: String,
+    ) {
+        self.timeline.push(Entry {
+            order_id,
+            position: stored.position,
+            event_id: stored.event_id,
+            at,
+            source,
+            event_type: stored.event_type.clone(),
+            description,
+        });
+    }
+
+    fn order(&mut self, order_id: Uuid, stored: &StoredEvent, event: &OrderEvent) {
+        if let OrderEvent::Placed {
+            customer_id,
+            lines,
+            currency,
+            at,
+            ..
+        } = event
+        {
+            if self.rows.contains_key(&order_id) {
+                return;
+            }
+            let lines_json: Vec<_> = lines
+                .iter()
+                .map(|line| json!({"sku": line.sku, "quantity": line.quantity}))
+                .collect();
+            self.rows.insert(
+                order_id,
+                Row {
+                    order_id,
+                    customer_id: customer_id.as_uuid(),
+                    status: OrderStatus::Pending.as_str().to_owned(),
+                    currency: currency.to_string(),
+                    lines: serde_json::Value::Array(lines_json),
+                    total_minor: None,
+                    payment_status: "none".to_owned(),
+                    captured_minor: 0,
+                    refunded_minor: 0,
+                    cancel_reason: None,
+                    version: stored.sequence,
+                    payment_version: 0,
+                    placed_at: *at,
+                    updated_at: *at,
+                    last_position: stored.position,
+                },
+            );
+            let n_units: u64 = lines
+                .iter()
+                .map(|line| u64::from(line.quantity.get()))
+                .sum();
+            let description = format!("placed: {} line(s), {n_units} unit(s)", lines.len());
+            self.entry(order_id, stored, *at, "order", description);
+            return;
+        }
+        let Some(row) = self.rows.get_mut(&order_id) else {
+            return;
+        };
+        if stored.sequence <= row.version {
+            return;
+        }
+        let (at, description) = match event {
+            OrderEvent::Placed { .. } => return,
+            OrderEvent::StockReserved { lines, total, at } => {
+                row.lines = serde_json::Value::Array(
+                    lines
+                        .iter()
+                        .map(|line| {
+                            json!({
+                                "sku": line.sku,
+                                "quantity": line.quantity,
+                                "unit_price_minor": line.unit_price.amount_minor(),
+                                "line_total_minor": line.line_total.amount_minor(),
+                            })
+                        })
+                        .collect(),
+                );
+                row.total_minor = Some(total.amount_minor());
+                row.status = OrderStatus::Reserved.as_str().to_owned();
+                (
+                    *at,
+                    format!(
+                        "stock reserved; total {} {}",
+                        total.amount_minor(),
+                        total.currency()
+                    ),
+                )
+            }
+            OrderEvent::Confirmed { at } => {
+                row.status = OrderStatus::Confirmed.as_str().to_owned();
+                (*at, "confirmed".to_owned())
+            }
+            OrderEvent::Shipped { at } => {
+                row.status = OrderStatus::Shipped.as_str().to_owned();
+                (*at, "shipped".to_owned())
+            }
+            OrderEvent::Cancelled { reason, at } => {
+                row.status = OrderStatus::Cancelled.as_str().to_owned();
+                row.cancel_reason = Some(reason.as_str().to_owned());
+                (*at, format!("cancelled: {reason}"))
+            }
+        };
+        row.version = stored.sequence;
+        row.updated_at = at;
+        row.last_position = stored.position;
+        self.entry(order_id, stored, at, "order", description);
+    }
+
+    /// The payment's id is its order's id.
+    fn payment(&mut self, order_id: Uuid, stored: &StoredEvent, event: &PaymentEvent) {
+        let Some(row) = self.rows.get_mut(&order_id) else {
+            return;
+        };
+        if stored.sequence <= row.payment_version {
+            return;
+        }
+        let (at, description) = match event {
+            PaymentEvent::Authorized { amount, at, .. } => {
+                row.payment_status = "authorized".to_owned();
+                (
+                    *at,
+                    format!(
+                        "payment authorized: {} {}",
+                        amount.amount_minor(),
+                        amount.currency()
+                    ),
+                )
+            }
+            PaymentEvent::Captured { amount, at } => {
+                row.payment_status = "captured".to_owned();
+                row.captured_minor = amount.amount_minor();
+                (
+                    *at,
+                    format!(
+                        "payment captured: {} {}",
+                        amount.amount_minor(),
+                        amount.currency()
+                    ),
+                )
+            }
+            PaymentEvent::Declined { reason, at, .. } => {
+                row.payment_status = "declined".to_owned();
+                (*at, format!("payment declined: {reason}"))
+            }
+            PaymentEvent::Refunded { amount, at, .. } => {
+                row.refunded_minor += amount.amount_minor();
+                row.payment_status = if row.refunded_minor < row.captured_minor {
+                    "partially_refunded"
+                } else {
+                    "refunded"
+                }
+                .to_owned();
+                (
+                    *at,
+                    format!("refunded: {} {}", amount.amount_minor(), amount.currency()),
+                )
+            }
+            PaymentEvent::Voided { at, .. } => {
+                row.payment_status = "voided".to_owned();
+                (*at, "payment voided".to_owned())
+            }
+        };
+        row.payment_version = stored.sequence;
+        row.updated_at = row.updated_at.max(at);
+        row.last_position = stored.position;
+        self.entry(order_id, stored, at, "payment", description);
+    }
+
+    /// Inventory events that concern an order appear in its timeline.
+    fn inventory(&mut self, stored: &StoredEvent, event: &InventoryEvent) {
+        let sku = &stored.aggregate_id;
+        let (order_id, at, description) = match event {
+            InventoryEvent::Reserved {
+                order_id,
+                quantity,
+                unit_price,
+                at,
+            } => (
+                order_id,
+                at,
+                format!(
+                    "reserved {quantity} x {sku} at {} {}",
+                    unit_price.amount_minor(),
+                    unit_price.currency()
+                ),
+            ),
+            InventoryEvent::Released {
+                order_id,
+                quantity,
+                at,
+            } => (order_id, at, format!("released {quantity} x {sku}")),
+            InventoryEvent::Committed {
+                order_id,
+                quantity,
+                at,
+            } => (
+                order_id,
+                at,
+                format!("{quantity} x {sku} left the warehouse"),
+            ),
+            InventoryEvent::Registered { .. } | InventoryEvent::Restocked { .. } => return,
+        };
+        let order_id = order_id.as_uuid();
+        if let Some(row) = self.rows.get_mut(&order_id) {
+            row.last_position = row.last_position.max(stored.position);
+        }
+        self.entry(order_id, stored, *at, "inventory", description);
+    }
+}
+
+/// The order an event is about.
+fn order_of(decoded: &Decoded) -> Result<Option<Uuid>, ApplyError> {
+    match &decoded.event {
+        DomainEvent::Order(_) | DomainEvent::Payment(_) => order_id(&decoded.stored).map(Some),
+        DomainEvent::Inventory(
+            InventoryEvent::Reserved { order_id, .. }
+            | InventoryEvent::Released { order_id, .. }
+            | InventoryEvent::Committed { order_id, .. },
+        ) => Ok(Some(order_id.as_uuid())),
+        _ => Ok(None),
+    }
 }
 
 #[async_trait]
@@ -32,6 +308,21 @@ impl Projection for OrderDetailsProjection {
 
     fn version(&self) -> i32 {
         1
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        &[
+            Table {
+                name: "order_details_v1",
+                view: Some("order_details"),
+                key: &["order_id"],
+            },
+            Table {
+                name: "order_timeline_v1",
+                view: Some("order_timeline"),
+                key: &["order_id", "position"],
+            },
+        ]
     }
 
     /// The order's and its payment's events, and the inventory events about orders.
@@ -48,287 +339,98 @@ impl Projection for OrderDetailsProjection {
         }
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        stored: &StoredEvent,
-        event: &DomainEvent,
-    ) -> Result<(), ApplyError> {
-        match event {
-            DomainEvent::Order(event) => apply_order(conn, stored, event).await,
-            DomainEvent::Payment(event) => apply_payment(conn, stored, event).await,
-            DomainEvent::Inventory(event) => apply_inventory(conn, stored, event).await,
-            DomainEvent::Unknown => Ok(()),
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        let mut ids = Vec::with_capacity(events.len());
+        for decoded in events {
+            if let Some(id) = order_of(decoded)? {
+                ids.push(id);
+            }
         }
-    }
-}
-
-async fn apply_order(
-    conn: &mut PgConnection,
-    stored: &StoredEvent,
-    event: &OrderEvent,
-) -> Result<(), ApplyError> {
-    let order_id = order_id(stored)?;
-    let (at, description) = match event {
-        OrderEvent::Placed {
-            customer_id,
-            lines,
-            currency,
-            at,
-            ..
-        } => {
-            let lines_json: Vec<_> = lines
-                .iter()
-                .map(|line| json!({"sku": line.sku, "quantity": line.quantity}))
-                .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let loaded: Vec<Row> = sqlx::query_as(
+            "SELECT order_id, customer_id, status, currency, lines, total_minor, payment_status,
+                    captured_minor, refunded_minor, cancel_reason, version, payment_version,
+                    placed_at, updated_at, last_position
+               FROM order_details_v1 WHERE order_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut changes = Changes {
+            rows: loaded.into_iter().map(|r| (r.order_id, r)).collect(),
+            timeline: Vec::new(),
+        };
+        let before = changes.rows.clone();
+        for decoded in events {
+            let stored = &decoded.stored;
+            match &decoded.event {
+                DomainEvent::Order(event) => changes.order(order_id(stored)?, stored, event),
+                DomainEvent::Payment(event) => changes.payment(order_id(stored)?, stored, event),
+                DomainEvent::Inventory(event) => changes.inventory(stored, event),
+                DomainEvent::Unknown => {}
+            }
+        }
+        let rows: Vec<&Row> = changes
+            .rows
+            .values()
+            .filter(|row| before.get(&row.order_id) != Some(*row))
+            .collect();
+        if !rows.is_empty() {
             sqlx::query(
                 "INSERT INTO order_details_v1 (order_id, customer_id, status, currency, lines,
-                                               version, placed_at, updated_at, last_position)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
-                 ON CONFLICT (order_id) DO NOTHING",
+                        total_minor, payment_status, captured_minor, refunded_minor, cancel_reason,
+                        version, payment_version, placed_at, updated_at, last_position)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
+                        $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::text[],
+                        $11::bigint[], $12::bigint[], $13::timestamptz[], $14::timestamptz[],
+                        $15::bigint[])
+                 ON CONFLICT (order_id) DO UPDATE
+                    SET status = EXCLUDED.status, lines = EXCLUDED.lines,
+                        total_minor = EXCLUDED.total_minor, payment_status = EXCLUDED.payment_status,
+                        captured_minor = EXCLUDED.captured_minor,
+                        refunded_minor = EXCLUDED.refunded_minor,
+                        cancel_reason = EXCLUDED.cancel_reason, version = EXCLUDED.version,
+                        payment_version = EXCLUDED.payment_version,
+                        updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position",
             )
-            .bind(order_id)
-            .bind(customer_id.as_uuid())
-            .bind(OrderStatus::Pending.as_str())
-            .bind(currency.as_str())
-            .bind(serde_json::Value::Array(lines_json))
-            .bind(stored.sequence)
-            .bind(at)
-            .bind(stored.position)
+            .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.payment_status.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.captured_minor).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.refunded_minor).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.cancel_reason.as_deref()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.payment_version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
-            let n_units: u64 = lines
-                .iter()
-                .map(|line| u64::from(line.quantity.get()))
-                .sum();
-            let description = format!("placed: {} line(s), {n_units} unit(s)", lines.len());
-            return timeline(conn, order_id, stored, *at, "order", &description).await;
         }
-        OrderEvent::StockReserved { lines, total, at } => {
-            let priced: Vec<_> = lines
-                .iter()
-                .map(|line| {
-                    json!({
-                        "sku": line.sku,
-                        "quantity": line.quantity,
-                        "unit_price_minor": line.unit_price.amount_minor(),
-                        "line_total_minor": line.line_total.amount_minor(),
-                    })
-                })
-                .collect();
+        let timeline = &changes.timeline;
+        if !timeline.is_empty() {
             sqlx::query(
-                "UPDATE order_details_v1
-                    SET status = $2, lines = $3, total_minor = $4, version = $5,
-                        updated_at = $6, last_position = $7
-                  WHERE order_id = $1 AND version < $5",
+                "INSERT INTO order_timeline_v1 (order_id, position, event_id, at, source, event_type,
+                                                description)
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::timestamptz[],
+                                      $5::text[], $6::text[], $7::text[])
+                 ON CONFLICT (order_id, position) DO NOTHING",
             )
-            .bind(order_id)
-            .bind(OrderStatus::Reserved.as_str())
-            .bind(serde_json::Value::Array(priced))
-            .bind(total.amount_minor())
-            .bind(stored.sequence)
-            .bind(at)
-            .bind(stored.position)
-            .execute(&mut *conn)
+            .bind(timeline.iter().map(|e| e.order_id).collect::<Vec<_>>())
+            .bind(timeline.iter().map(|e| e.position).collect::<Vec<_>>())
+            .bind(timeline.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(timeline.iter().map(|e| e.at).collect::<Vec<_>>())
+            .bind(timeline.iter().map(|e| e.source).collect::<Vec<_>>())
+            .bind(timeline.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+            .bind(timeline.iter().map(|e| e.description.as_str()).collect::<Vec<_>>())
+            .execute(conn)
             .await?;
-            (
-                *at,
-                format!(
-                    "stock reserved; total {} {}",
-                    total.amount_minor(),
-                    total.currency()
-                ),
-            )
         }
-        OrderEvent::Confirmed { at } => {
-            set_status(conn, order_id, stored, OrderStatus::Confirmed, None, *at).await?;
-            (*at, "confirmed".to_owned())
-        }
-        OrderEvent::Shipped { at } => {
-            set_status(conn, order_id, stored, OrderStatus::Shipped, None, *at).await?;
-            (*at, "shipped".to_owned())
-        }
-        OrderEvent::Cancelled { reason, at } => {
-            set_status(
-                conn,
-                order_id,
-                stored,
-                OrderStatus::Cancelled,
-                Some(reason.as_str()),
-                *at,
-            )
-            .await?;
-            (*at, format!("cancelled: {reason}"))
-        }
-    };
-    timeline(conn, order_id, stored, at, "order", &description).await
-}
-
-async fn set_status(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    stored: &StoredEvent,
-    status: OrderStatus,
-    cancel_reason: Option<&str>,
-    at: Timestamp,
-) -> Result<(), ApplyError> {
-    sqlx::query(
-        "UPDATE order_details_v1
-            SET status = $2, cancel_reason = COALESCE($3, cancel_reason), version = $4,
-                updated_at = $5, last_position = $6
-          WHERE order_id = $1 AND version < $4",
-    )
-    .bind(order_id)
-    .bind(status.as_str())
-    .bind(cancel_reason)
-    .bind(stored.sequence)
-    .bind(at)
-    .bind(stored.position)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The payment's id is its order's id.
-async fn apply_payment(
-    conn: &mut PgConnection,
-    stored: &StoredEvent,
-    event: &PaymentEvent,
-) -> Result<(), ApplyError> {
-    let order_id = order_id(stored)?;
-    // (status, captured, refunded delta, when, what)
-    let (status, captured, refunded, at, description) = match event {
-        PaymentEvent::Authorized { amount, at, .. } => (
-            "authorized",
-            None,
-            0,
-            *at,
-            format!(
-                "payment authorized: {} {}",
-                amount.amount_minor(),
-                amount.currency()
-            ),
-        ),
-        PaymentEvent::Captured { amount, at } => (
-            "captured",
-            Some(amount.amount_minor()),
-            0,
-            *at,
-            format!(
-                "payment captured: {} {}",
-                amount.amount_minor(),
-                amount.currency()
-            ),
-        ),
-        PaymentEvent::Declined { reason, at, .. } => (
-            "declined",
-            None,
-            0,
-            *at,
-            format!("payment declined: {reason}"),
-        ),
-        PaymentEvent::Refunded { amount, at, .. } => (
-            "refunded",
-            None,
-            amount.amount_minor(),
-            *at,
-            format!("refunded: {} {}", amount.amount_minor(), amount.currency()),
-        ),
-        PaymentEvent::Voided { at, .. } => ("voided", None, 0, *at, "payment voided".to_owned()),
-    };
-    sqlx::query(
-        "UPDATE order_details_v1
-            SET captured_minor = COALESCE($3, captured_minor),
-                refunded_minor = refunded_minor + $4,
-                payment_status = CASE
-                    WHEN $2 = 'refunded' AND refunded_minor + $4 < captured_minor
-                        THEN 'partially_refunded'
-                    ELSE $2 END,
-                payment_version = $5, updated_at = GREATEST(updated_at, $6), last_position = $7
-          WHERE order_id = $1 AND payment_version < $5",
-    )
-    .bind(order_id)
-    .bind(status)
-    .bind(captured)
-    .bind(refunded)
-    .bind(stored.sequence)
-    .bind(at)
-    .bind(stored.position)
-    .execute(&mut *conn)
-    .await?;
-    timeline(conn, order_id, stored, at, "payment", &description).await
-}
-
-/// Inventory events that concern an order appear in its timeline.
-async fn apply_inventory(
-    conn: &mut PgConnection,
-    stored: &StoredEvent,
-    event: &InventoryEvent,
-) -> Result<(), ApplyError> {
-    let sku = &stored.aggregate_id;
-    let (order_id, at, description) = match event {
-        InventoryEvent::Reserved {
-            order_id,
-            quantity,
-            unit_price,
-            at,
-        } => (
-            order_id,
-            at,
-            format!(
-                "reserved {quantity} x {sku} at {} {}",
-                unit_price.amount_minor(),
-                unit_price.currency()
-            ),
-        ),
-        InventoryEvent::Released {
-            order_id,
-            quantity,
-            at,
-        } => (order_id, at, format!("released {quantity} x {sku}")),
-        InventoryEvent::Committed {
-            order_id,
-            quantity,
-            at,
-        } => (
-            order_id,
-            at,
-            format!("{quantity} x {sku} left the warehouse"),
-        ),
-        InventoryEvent::Registered { .. } | InventoryEvent::Restocked { .. } => return Ok(()),
-    };
-    let order_id = order_id.as_uuid();
-    sqlx::query(
-        "UPDATE order_details_v1 SET last_position = GREATEST(last_position, $2) WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(stored.position)
-    .execute(&mut *conn)
-    .await?;
-    timeline(conn, order_id, stored, *at, "inventory", &description).await
-}
-
-async fn timeline(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    stored: &StoredEvent,
-    at: Timestamp,
-    source: &str,
-    description: &str,
-) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO order_timeline_v1 (order_id, position, event_id, at, source, event_type, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (order_id, position) DO NOTHING",
-    )
-    .bind(order_id)
-    .bind(stored.position)
-    .bind(stored.event_id)
-    .bind(at)
-    .bind(source)
-    .bind(&stored.event_type)
-    .bind(description)
-    .execute(conn)
-    .await?;
-    Ok(())
+        Ok(())
+    }
 }

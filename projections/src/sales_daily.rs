@@ -5,17 +5,25 @@
 //! refund, what it has counted (`sales_daily_orders_v1`, `sales_daily_refunds_v1`): applying
 //! an event twice counts it once. Confirmation events carry no amount, so the order's total
 //! is remembered from its reservation.
+//!
+//! Per batch: load the memory of the touched orders and refunds, evolve it in memory while
+//! summing each day's increments, then write the memory back and add the increments to the
+//! day rows, one statement per table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use cqrs_es::Aggregate;
 use domain::order::{CancelReason, Order, OrderEvent};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
-use sqlx::{PgConnection, Row};
+use infra::projection::events::DomainEvent;
+use infra::projection::{ApplyError, Decoded, Projection, Table};
+use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::customer_orders::order_id;
-use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Projection};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SalesDailyProjection;
@@ -24,12 +32,101 @@ impl SalesDailyProjection {
     pub const NAME: &'static str = "sales_daily";
 }
 
-fn cancellation_column(reason: CancelReason) -> &'static str {
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct Memo {
+    order_id: Uuid,
+    currency: String,
+    total_minor: Option<i64>,
+    confirmed: bool,
+    cancelled: bool,
+}
+
+/// What a batch adds to one day and currency.
+#[derive(Debug, Clone, Default)]
+struct Increments {
+    orders_confirmed: i64,
+    revenue_minor: i64,
+    cancelled: [i64; 4],
+    refunds: i64,
+    refunded_minor: i64,
+    last_position: i64,
+}
+
+fn reason_index(reason: CancelReason) -> usize {
     match reason {
-        CancelReason::CustomerRequest => "cancelled_customer_request",
-        CancelReason::OutOfStock => "cancelled_out_of_stock",
-        CancelReason::PaymentDeclined => "cancelled_payment_declined",
-        CancelReason::PaymentTimeout => "cancelled_payment_timeout",
+        CancelReason::CustomerRequest => 0,
+        CancelReason::OutOfStock => 1,
+        CancelReason::PaymentDeclined => 2,
+        CancelReason::PaymentTimeout => 3,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Changes {
+    memos: HashMap<Uuid, Memo>,
+    counted_refunds: HashSet<Uuid>,
+    new_refunds: Vec<Uuid>,
+    days: BTreeMap<(NaiveDate, String), Increments>,
+}
+
+impl Changes {
+    fn day(&mut self, day: NaiveDate, currency: &str, position: i64) -> &mut Increments {
+        let increments = self.days.entry((day, currency.to_owned())).or_default();
+        increments.last_position = increments.last_position.max(position);
+        increments
+    }
+
+    fn evolve(&mut self, stored: &StoredEvent, event: &DomainEvent) -> Result<(), ApplyError> {
+        match event {
+            DomainEvent::Order(OrderEvent::Placed { currency, .. }) => {
+                let id = order_id(stored)?;
+                self.memos.entry(id).or_insert_with(|| Memo {
+                    order_id: id,
+                    currency: currency.to_string(),
+                    total_minor: None,
+                    confirmed: false,
+                    cancelled: false,
+                });
+            }
+            DomainEvent::Order(OrderEvent::StockReserved { total, .. }) => {
+                if let Some(memo) = self.memos.get_mut(&order_id(stored)?) {
+                    memo.total_minor = Some(total.amount_minor());
+                }
+            }
+            DomainEvent::Order(OrderEvent::Confirmed { at }) => {
+                if let Some(memo) = self.memos.get_mut(&order_id(stored)?)
+                    && !memo.confirmed
+                {
+                    memo.confirmed = true;
+                    let (currency, total) = (memo.currency.clone(), memo.total_minor.unwrap_or(0));
+                    let day = self.day(at.date_naive(), &currency, stored.position);
+                    day.orders_confirmed += 1;
+                    day.revenue_minor += total;
+                }
+            }
+            DomainEvent::Order(OrderEvent::Cancelled { reason, at }) => {
+                if let Some(memo) = self.memos.get_mut(&order_id(stored)?)
+                    && !memo.cancelled
+                {
+                    memo.cancelled = true;
+                    let currency = memo.currency.clone();
+                    self.day(at.date_naive(), &currency, stored.position)
+                        .cancelled[reason_index(*reason)] += 1;
+                }
+            }
+            DomainEvent::Payment(PaymentEvent::Refunded {
+                refund_id,
+                amount,
+                at,
+            }) if self.counted_refunds.insert(refund_id.as_uuid()) => {
+                self.new_refunds.push(refund_id.as_uuid());
+                let day = self.day(at.date_naive(), amount.currency().as_str(), stored.position);
+                day.refunds += 1;
+                day.refunded_minor += amount.amount_minor();
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -43,122 +140,164 @@ impl Projection for SalesDailyProjection {
         1
     }
 
+    fn tables(&self) -> &'static [Table] {
+        &[
+            Table {
+                name: "sales_daily_v1",
+                view: Some("sales_daily"),
+                key: &["day", "currency"],
+            },
+            Table {
+                name: "sales_daily_orders_v1",
+                view: None,
+                key: &["order_id"],
+            },
+            Table {
+                name: "sales_daily_refunds_v1",
+                view: None,
+                key: &["refund_id"],
+            },
+        ]
+    }
+
     /// Orders' events, and refunds.
     fn handles(&self, stored: &StoredEvent) -> bool {
         stored.aggregate_type == Order::TYPE
             || (stored.aggregate_type == Payment::TYPE && stored.event_type == "PaymentRefunded")
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        stored: &StoredEvent,
-        event: &DomainEvent,
-    ) -> Result<(), ApplyError> {
-        match event {
-            DomainEvent::Order(OrderEvent::Placed { currency, .. }) => {
-                sqlx::query(
-                    "INSERT INTO sales_daily_orders_v1 (order_id, currency) VALUES ($1, $2)
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(order_id(stored)?)
-                .bind(currency.as_str())
-                .execute(conn)
-                .await?;
-            }
-            DomainEvent::Order(OrderEvent::StockReserved { total, .. }) => {
-                sqlx::query(
-                    "UPDATE sales_daily_orders_v1 SET total_minor = $2 WHERE order_id = $1",
-                )
-                .bind(order_id(stored)?)
-                .bind(total.amount_minor())
-                .execute(conn)
-                .await?;
-            }
-            DomainEvent::Order(OrderEvent::Confirmed { at }) => {
-                let counted = sqlx::query(
-                    "UPDATE sales_daily_orders_v1 SET confirmed = true
-                      WHERE order_id = $1 AND NOT confirmed
-                      RETURNING currency, COALESCE(total_minor, 0) AS total_minor",
-                )
-                .bind(order_id(stored)?)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if let Some(row) = counted {
-                    let currency: String = row.try_get("currency")?;
-                    let total: i64 = row.try_get("total_minor")?;
-                    sqlx::query(
-                        "INSERT INTO sales_daily_v1 (day, currency, orders_confirmed, revenue_minor, last_position)
-                         VALUES ($1, $2, 1, $3, $4)
-                         ON CONFLICT (day, currency) DO UPDATE
-                            SET orders_confirmed = sales_daily_v1.orders_confirmed + 1,
-                                revenue_minor = sales_daily_v1.revenue_minor + EXCLUDED.revenue_minor,
-                                last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)",
-                    )
-                    .bind(at.date_naive())
-                    .bind(currency)
-                    .bind(total)
-                    .bind(stored.position)
-                    .execute(conn)
-                    .await?;
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        let mut order_ids = Vec::new();
+        let mut refund_ids = Vec::new();
+        for decoded in events {
+            match &decoded.event {
+                DomainEvent::Order(_) => order_ids.push(order_id(&decoded.stored)?),
+                DomainEvent::Payment(PaymentEvent::Refunded { refund_id, .. }) => {
+                    refund_ids.push(refund_id.as_uuid());
                 }
+                _ => {}
             }
-            DomainEvent::Order(OrderEvent::Cancelled { reason, at }) => {
-                let counted = sqlx::query(
-                    "UPDATE sales_daily_orders_v1 SET cancelled = true
-                      WHERE order_id = $1 AND NOT cancelled RETURNING currency",
-                )
-                .bind(order_id(stored)?)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if let Some(row) = counted {
-                    let currency: String = row.try_get("currency")?;
-                    let column = cancellation_column(*reason);
-                    // `column` comes from the closed set above, never from input.
-                    let sql = format!(
-                        "INSERT INTO sales_daily_v1 (day, currency, {column}, last_position)
-                         VALUES ($1, $2, 1, $3)
-                         ON CONFLICT (day, currency) DO UPDATE
-                            SET {column} = sales_daily_v1.{column} + 1,
-                                last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)"
-                    );
-                    sqlx::query(&sql)
-                        .bind(at.date_naive())
-                        .bind(currency)
-                        .bind(stored.position)
-                        .execute(conn)
-                        .await?;
-                }
-            }
-            DomainEvent::Payment(PaymentEvent::Refunded {
-                refund_id,
-                amount,
-                at,
-            }) => {
-                let first = sqlx::query(
-                    "INSERT INTO sales_daily_refunds_v1 (refund_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                )
-                .bind(refund_id.as_uuid())
-                .execute(&mut *conn)
-                .await?;
-                if first.rows_affected() == 1 {
-                    sqlx::query(
-                        "INSERT INTO sales_daily_v1 (day, currency, refunds, refunded_minor, last_position)
-                         VALUES ($1, $2, 1, $3, $4)
-                         ON CONFLICT (day, currency) DO UPDATE
-                            SET refunds = sales_daily_v1.refunds + 1,
-                                refunded_minor = sales_daily_v1.refunded_minor + EXCLUDED.refunded_minor,
-                                last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)",
-                    )
-                    .bind(at.date_naive())
-                    .bind(amount.currency().as_str())
-                    .bind(amount.amount_minor())
-                    .bind(stored.position)
-                    .execute(conn)
-                    .await?;
-                }
-            }
-            _ => {}
+        }
+        order_ids.sort_unstable();
+        order_ids.dedup();
+        let memos: Vec<Memo> = sqlx::query_as(
+            "SELECT order_id, currency, total_minor, confirmed, cancelled
+               FROM sales_daily_orders_v1 WHERE order_id = ANY($1)",
+        )
+        .bind(&order_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let counted: Vec<Uuid> = if refund_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT refund_id FROM sales_daily_refunds_v1 WHERE refund_id = ANY($1)",
+            )
+            .bind(&refund_ids)
+            .fetch_all(&mut *conn)
+            .await?
+        };
+        let mut changes = Changes {
+            memos: memos.into_iter().map(|m| (m.order_id, m)).collect(),
+            counted_refunds: counted.into_iter().collect(),
+            ..Changes::default()
+        };
+        let before = changes.memos.clone();
+        for decoded in events {
+            changes.evolve(&decoded.stored, &decoded.event)?;
+        }
+        let memos: Vec<&Memo> = changes
+            .memos
+            .values()
+            .filter(|memo| before.get(&memo.order_id) != Some(*memo))
+            .collect();
+        if !memos.is_empty() {
+            sqlx::query(
+                "INSERT INTO sales_daily_orders_v1 (order_id, currency, total_minor, confirmed, cancelled)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[], $5::bool[])
+                 ON CONFLICT (order_id) DO UPDATE
+                    SET total_minor = EXCLUDED.total_minor, confirmed = EXCLUDED.confirmed,
+                        cancelled = EXCLUDED.cancelled",
+            )
+            .bind(memos.iter().map(|m| m.order_id).collect::<Vec<_>>())
+            .bind(memos.iter().map(|m| m.currency.as_str()).collect::<Vec<_>>())
+            .bind(memos.iter().map(|m| m.total_minor).collect::<Vec<_>>())
+            .bind(memos.iter().map(|m| m.confirmed).collect::<Vec<_>>())
+            .bind(memos.iter().map(|m| m.cancelled).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !changes.new_refunds.is_empty() {
+            sqlx::query(
+                "INSERT INTO sales_daily_refunds_v1 (refund_id) SELECT * FROM UNNEST($1::uuid[])",
+            )
+            .bind(&changes.new_refunds)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !changes.days.is_empty() {
+            let days: Vec<(&(NaiveDate, String), &Increments)> = changes.days.iter().collect();
+            let column = |i: usize| {
+                days.iter()
+                    .map(|(_, inc)| inc.cancelled[i])
+                    .collect::<Vec<_>>()
+            };
+            sqlx::query(
+                "INSERT INTO sales_daily_v1 (day, currency, orders_confirmed, revenue_minor,
+                        cancelled_customer_request, cancelled_out_of_stock,
+                        cancelled_payment_declined, cancelled_payment_timeout, refunds,
+                        refunded_minor, last_position)
+                 SELECT * FROM UNNEST($1::date[], $2::text[], $3::bigint[], $4::bigint[],
+                        $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
+                        $10::bigint[], $11::bigint[])
+                 ON CONFLICT (day, currency) DO UPDATE SET
+                    orders_confirmed = sales_daily_v1.orders_confirmed + EXCLUDED.orders_confirmed,
+                    revenue_minor = sales_daily_v1.revenue_minor + EXCLUDED.revenue_minor,
+                    cancelled_customer_request = sales_daily_v1.cancelled_customer_request
+                        + EXCLUDED.cancelled_customer_request,
+                    cancelled_out_of_stock = sales_daily_v1.cancelled_out_of_stock
+                        + EXCLUDED.cancelled_out_of_stock,
+                    cancelled_payment_declined = sales_daily_v1.cancelled_payment_declined
+                        + EXCLUDED.cancelled_payment_declined,
+                    cancelled_payment_timeout = sales_daily_v1.cancelled_payment_timeout
+                        + EXCLUDED.cancelled_payment_timeout,
+                    refunds = sales_daily_v1.refunds + EXCLUDED.refunds,
+                    refunded_minor = sales_daily_v1.refunded_minor + EXCLUDED.refunded_minor,
+                    last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)",
+            )
+            .bind(days.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
+            .bind(
+                days.iter()
+                    .map(|((_, currency), _)| currency.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                days.iter()
+                    .map(|(_, inc)| inc.orders_confirmed)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                days.iter()
+                    .map(|(_, inc)| inc.revenue_minor)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(0))
+            .bind(column(1))
+            .bind(column(2))
+            .bind(column(3))
+            .bind(days.iter().map(|(_, inc)| inc.refunds).collect::<Vec<_>>())
+            .bind(
+                days.iter()
+                    .map(|(_, inc)| inc.refunded_minor)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                days.iter()
+                    .map(|(_, inc)| inc.last_position)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(conn)
+            .await?;
         }
         Ok(())
     }

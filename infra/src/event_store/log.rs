@@ -160,6 +160,47 @@ impl EventLog {
             .map_err(StoreError::ReadLog)
     }
 
+    /// Committed events with positions from `from` to `to` (both included), in log order.
+    pub async fn read_positions(&self, from: i64, to: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE position BETWEEN $1 AND $2
+              ORDER BY events.transaction_id, events.position"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::ReadLog)?;
+        rows.iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::ReadLog)
+    }
+
+    /// Committed events matching an SQL condition over the `events` columns, in log order
+    /// (for debugging tools; `condition` must come from code, and may use `$1`, bound to
+    /// `argument`).
+    pub async fn read_where(
+        &self,
+        condition: &str,
+        argument: &str,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {condition}
+              ORDER BY events.transaction_id, events.position"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(argument)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::ReadLog)?;
+        rows.iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::ReadLog)
+    }
+
     /// The event at `position`, if it is committed.
     pub async fn event_at(&self, position: i64) -> Result<Option<StoredEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position = $1");

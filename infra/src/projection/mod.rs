@@ -4,6 +4,7 @@
 //! Deliberately not here: any particular read model (the `projections` crate).
 
 pub mod events;
+pub mod status;
 mod wake;
 mod worker;
 
@@ -32,7 +33,10 @@ pub enum PoisonPolicy {
 ///
 /// `apply` runs inside the worker's transaction, with the checkpoint update that follows it,
 /// so it must only write to the read-model database, and must be idempotent per row (a
-/// guard on the last applied version), which keeps replays and rebuilds safe.
+/// guard on the last applied version), which keeps replays and rebuilds safe. It receives a
+/// whole batch, so it can load the rows it touches once and write them back once: no
+/// round trip per event. Its SQL names tables without a schema, so a rebuild can run it
+/// against shadow tables by setting `search_path`.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
     /// Stable: it keys the checkpoint and names the tables.
@@ -50,13 +54,31 @@ pub trait Projection: Send + Sync + 'static {
     /// the projections that need it (and rebuilds skip them cheaply).
     fn handles(&self, stored: &StoredEvent) -> bool;
 
-    /// Applies one event. Events this projection does not care about are ignored (`Ok`).
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        stored: &StoredEvent,
-        event: &DomainEvent,
-    ) -> Result<(), ApplyError>;
+    /// The tables this projection writes (rebuilt and swapped together). Empty for a
+    /// projection whose effects must not be rebuilt (the saga's trigger).
+    fn tables(&self) -> &'static [Table] {
+        &[]
+    }
+
+    /// Applies a batch of events (those `handles` accepted), in log order.
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError>;
+}
+
+/// A table a projection owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    pub name: &'static str,
+    /// The view the query API reads the table through, re-pointed when a rebuild swaps.
+    pub view: Option<&'static str>,
+    /// The columns of its primary key, to compare builds row by row.
+    pub key: &'static [&'static str],
+}
+
+/// An event with its decoded payload.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub stored: StoredEvent,
+    pub event: DomainEvent,
 }
 
 /// Why an event could not be applied.

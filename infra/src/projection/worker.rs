@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::events::decode;
-use super::{ApplyError, PoisonPolicy, Projection, Wakeup, WorkerConfig, is_transient};
+use super::{ApplyError, Decoded, PoisonPolicy, Projection, Wakeup, WorkerConfig, is_transient};
 
 /// The channel a worker notifies (with the projection's name) when its checkpoint or state
 /// changes, so readers waiting for a consistency token wake at once.
@@ -39,22 +39,18 @@ pub enum Outcome {
     Standby,
     /// The projection halted on a poison event and waits for an operator.
     Halted,
-    /// An operator paused the projection, or a rebuild owns it.
+    /// An operator paused the projection.
     Paused,
+    /// The database holds another version of the projection than this build writes: this
+    /// worker applies nothing until a rebuild swaps its version in (or, for an older build,
+    /// ever). This is what lets old and new projectors overlap during a deploy.
+    VersionMismatch { database: i32, code: i32 },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("another worker took projection {projection} over")]
     Fenced { projection: &'static str },
-    #[error(
-        "projection {projection} is at version {stored} in the database but {code} in this build; rebuild it"
-    )]
-    VersionMismatch {
-        projection: &'static str,
-        stored: i32,
-        code: i32,
-    },
     #[error("projection {projection}: database operation failed: {operation}")]
     Database {
         projection: &'static str,
@@ -74,6 +70,18 @@ pub enum WorkerError {
         event_id: Uuid,
         #[source]
         source: ApplyError,
+    },
+}
+
+/// How a batch ends its transaction.
+enum Step {
+    Commit(Outcome),
+    Rollback(Outcome),
+    /// An event failed: roll back, then decide (retry it, or park it).
+    Failed {
+        index: usize,
+        stored: Box<StoredEvent>,
+        error: ApplyError,
     },
 }
 
@@ -102,6 +110,10 @@ pub struct Worker {
     /// After a failure at index i of a batch, the next batch stops before it, so the events
     /// before the failing one are committed.
     next_limit: Option<u32>,
+    /// After a batch failed, events are applied one at a time up to its end.
+    careful_until: Option<Checkpoint>,
+    /// The database holds a newer version than this build: never take the lease again.
+    outdated: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -115,8 +127,7 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Registers the projection (its state row) and checks that the database holds the
-    /// version this build writes.
+    /// Registers the projection (its state row, at this build's version if it is new).
     pub async fn register(
         pool: PgPool,
         projection: Arc<dyn Projection>,
@@ -139,19 +150,6 @@ impl Worker {
         .execute(&pool)
         .await
         .map_err(database("register"))?;
-        let stored: i32 =
-            sqlx::query_scalar("SELECT version FROM projection_state WHERE name = $1")
-                .bind(name)
-                .fetch_one(&pool)
-                .await
-                .map_err(database("read version"))?;
-        if stored != projection.version() {
-            return Err(WorkerError::VersionMismatch {
-                projection: name,
-                stored,
-                code: projection.version(),
-            });
-        }
         let id = format!(
             "pid{}-{}",
             std::process::id(),
@@ -165,6 +163,8 @@ impl Worker {
             lease: None,
             attempts: HashMap::new(),
             next_limit: None,
+            careful_until: None,
+            outdated: false,
         })
     }
 
@@ -189,6 +189,9 @@ impl Worker {
     /// Whether this worker is the projection's live instance (taking the lease if it is
     /// free). The lease is a session advisory lock, so it ends with the process.
     pub async fn try_acquire(&mut self) -> Result<bool, WorkerError> {
+        if self.outdated {
+            return Ok(false);
+        }
         if let Some(lease) = &self.lease {
             if !lease.lost.load(Ordering::SeqCst) {
                 return Ok(true);
@@ -258,11 +261,42 @@ impl Worker {
         if !self.try_acquire().await? {
             return Ok(Outcome::Standby);
         }
+        let mut tx = self.pool.begin().await.map_err(self.database("begin"))?;
+        let step = self.batch(&mut tx).await;
+        // Every path ends the transaction now: a dropped transaction's rollback waits for the
+        // connection's next use, holding the projection's row lock meanwhile.
+        match step {
+            Ok(Step::Commit(outcome)) => {
+                tx.commit().await.map_err(self.database("commit"))?;
+                // Everything failing so far is behind us now.
+                self.attempts.clear();
+                Ok(outcome)
+            }
+            Ok(Step::Rollback(outcome)) => {
+                tx.rollback().await.map_err(self.database("roll back"))?;
+                Ok(outcome)
+            }
+            Ok(Step::Failed {
+                index,
+                stored,
+                error,
+            }) => {
+                let _ = tx.rollback().await;
+                self.failed(index, &stored, error).await
+            }
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn batch(&mut self, tx: &mut PgConnection) -> Result<Step, WorkerError> {
         let token = self.lease.as_ref().map_or(0, |lease| lease.token);
         let name = self.projection.name();
-        let mut tx = self.pool.begin().await.map_err(self.database("begin"))?;
         let row = sqlx::query(
-            "SELECT checkpoint_tx::text AS checkpoint_tx, checkpoint_position, state, fencing_token
+            "SELECT checkpoint_tx::text AS checkpoint_tx, checkpoint_position, state, fencing_token,
+                    version
                FROM projection_state WHERE name = $1 FOR UPDATE",
         )
         .bind(name)
@@ -276,13 +310,28 @@ impl Worker {
             self.lease = None;
             return Err(WorkerError::Fenced { projection: name });
         }
+        let database: i32 = row
+            .try_get("version")
+            .map_err(self.database("read the version"))?;
+        if database != self.projection.version() {
+            if database > self.projection.version() {
+                // A newer build took the projection over: step aside for good, so a worker
+                // of that build can take the lease.
+                self.outdated = true;
+                self.lease = None;
+            }
+            return Ok(Step::Rollback(Outcome::VersionMismatch {
+                database,
+                code: self.projection.version(),
+            }));
+        }
         let state: String = row
             .try_get("state")
             .map_err(self.database("read the state"))?;
         match state.as_str() {
             "running" => {}
-            "halted" => return Ok(Outcome::Halted),
-            _ => return Ok(Outcome::Paused),
+            "halted" => return Ok(Step::Rollback(Outcome::Halted)),
+            _ => return Ok(Step::Rollback(Outcome::Paused)),
         }
         let checkpoint_tx: String = row
             .try_get("checkpoint_tx")
@@ -293,7 +342,16 @@ impl Worker {
                 .try_get("checkpoint_position")
                 .map_err(self.database("read the checkpoint"))?,
         };
-        let limit = self.next_limit.take().unwrap_or(self.config.batch_size);
+        // One event at a time while a failed batch is re-run, to find the event that fails.
+        let careful = self.careful_until.is_some_and(|until| checkpoint < until);
+        if !careful {
+            self.careful_until = None;
+        }
+        let limit = match self.next_limit.take() {
+            Some(limit) => limit,
+            None if careful => 1,
+            None => self.config.batch_size,
+        };
         let events = log::read_after(&mut *tx, checkpoint, limit)
             .await
             .map_err(|source| WorkerError::ReadLog {
@@ -301,21 +359,48 @@ impl Worker {
                 source,
             })?;
         let Some(last) = events.last() else {
-            return Ok(Outcome::Idle);
+            return Ok(Step::Rollback(Outcome::Idle));
         };
         let last = last.checkpoint();
+        let mut decoded = Vec::with_capacity(events.len());
         for (index, stored) in events.iter().enumerate() {
             if !self.projection.handles(stored) {
                 continue;
             }
-            let applied = match decode(stored) {
-                Ok(event) => self.projection.apply(&mut tx, stored, &event).await,
-                Err(err) => Err(ApplyError::Decode(err)),
-            };
-            if let Err(err) = applied {
-                drop(tx);
-                return self.failed(index, stored, err).await;
+            match decode(stored) {
+                Ok(event) => decoded.push(Decoded {
+                    stored: stored.clone(),
+                    event,
+                }),
+                Err(err) => {
+                    return Ok(Step::Failed {
+                        index,
+                        stored: Box::new(stored.clone()),
+                        error: ApplyError::Decode(err),
+                    });
+                }
             }
+        }
+        if let Err(err) = self.projection.apply(&mut *tx, &decoded).await {
+            if decoded.len() == 1 {
+                return Ok(Step::Failed {
+                    index: 0,
+                    stored: Box::new(decoded[0].stored.clone()),
+                    error: err,
+                });
+            }
+            if err.is_transient() {
+                return Err(WorkerError::Apply {
+                    projection: name,
+                    event_id: decoded.first().map_or(Uuid::nil(), |d| d.stored.event_id),
+                    source: err,
+                });
+            }
+            // Some event of the batch fails: go through it one event at a time.
+            tracing::warn!(projection = name, error = %crate::telemetry::err_chain(&err),
+                "a batch failed; applying its events one at a time");
+            self.careful_until = Some(last);
+            return Ok(Step::Rollback(Outcome::Retrying));
         }
         sqlx::query(
             "UPDATE projection_state
@@ -330,15 +415,12 @@ impl Worker {
         .execute(&mut *tx)
         .await
         .map_err(self.database("move the checkpoint"))?;
-        notify_checkpoint(&mut tx, name)
+        notify_checkpoint(&mut *tx, name)
             .await
             .map_err(self.database("notify"))?;
-        tx.commit().await.map_err(self.database("commit"))?;
-        // Everything failing so far is behind us now.
-        self.attempts.clear();
-        Ok(Outcome::Progressed {
+        Ok(Step::Commit(Outcome::Progressed {
             events: events.len(),
-        })
+        }))
     }
 
     async fn failed(
@@ -395,6 +477,7 @@ impl Worker {
         .await
         .map_err(self.database("lock the projection"))?;
         if current != token {
+            let _ = tx.rollback().await;
             self.lease = None;
             return Err(WorkerError::Fenced { projection: name });
         }
@@ -495,7 +578,13 @@ impl Worker {
                     backoff = next_backoff(backoff, self.config.max_backoff);
                     (backoff, false)
                 }
-                Ok(Outcome::Idle | Outcome::Standby | Outcome::Halted | Outcome::Paused) => {
+                Ok(
+                    Outcome::Idle
+                    | Outcome::Standby
+                    | Outcome::Halted
+                    | Outcome::Paused
+                    | Outcome::VersionMismatch { .. },
+                ) => {
                     backoff = Duration::ZERO;
                     (self.config.poll_interval, true)
                 }

@@ -288,7 +288,10 @@ pub async fn drain(pool: &PgPool, worker: &mut Worker) -> Outcome {
         match outcome {
             Outcome::Progressed { .. } | Outcome::Retrying => continue,
             Outcome::Idle if caught_up(pool, worker.name()).await => return outcome,
-            Outcome::Halted | Outcome::Standby | Outcome::Paused => return outcome,
+            Outcome::Halted
+            | Outcome::Standby
+            | Outcome::Paused
+            | Outcome::VersionMismatch { .. } => return outcome,
             Outcome::Idle => {}
         }
         assert!(Instant::now() < deadline, "the projection did not catch up");
@@ -317,4 +320,13 @@ pub async fn rows(pool: &PgPool, table: &str) -> Vec<serde_json::Value> {
         .fetch_all(pool)
         .await
         .expect("read rows")
+}
+
+/// Waits until the projection has applied the whole log (its worker runs elsewhere).
+pub async fn wait_until_caught_up(pool: &PgPool, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !caught_up(pool, name).await {
+        assert!(Instant::now() < deadline, "{name} did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -3,5 +3,6 @@
 //! `run_once`, rows are read back with SQL.
 
 mod helpers;
+mod operator;
 mod read_models;
 mod runtime;

@@ -215,6 +215,7 @@ pub async fn retry(pool: &PgPool, order_id: OrderId) -> Result<Retried, SagaStor
     .await
     .map_err(database("read"))?;
     let Some(row) = row else {
+        tx.rollback().await.map_err(database("roll back"))?;
         return Ok(Retried::NotFound);
     };
     let state: serde_json::Value = row.try_get("state").map_err(database("read"))?;
@@ -224,7 +225,10 @@ pub async fn retry(pool: &PgPool, order_id: OrderId) -> Result<Retried, SagaStor
             source,
         })?;
     let retried = match saga.stage {
-        Stage::Completed | Stage::Cancelled => return Ok(Retried::Finished),
+        Stage::Completed | Stage::Cancelled => {
+            tx.rollback().await.map_err(database("roll back"))?;
+            return Ok(Retried::Finished);
+        }
         Stage::Failed { stage, .. } => {
             saga.stage = *stage;
             Retried::Resumed

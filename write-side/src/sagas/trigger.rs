@@ -8,7 +8,7 @@ use domain::ids::OrderId;
 use domain::order::{Order, OrderEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Projection};
+use infra::projection::{ApplyError, Decoded, Projection};
 use sqlx::PgConnection;
 
 use super::order_fulfillment::Fulfillment;
@@ -39,12 +39,27 @@ impl Projection for FulfillmentTrigger {
             )
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        stored: &StoredEvent,
-        event: &DomainEvent,
-    ) -> Result<(), ApplyError> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        // Sagas start and are signalled a few per order: a statement each is fine here.
+        for decoded in events {
+            apply_one(conn, &decoded.stored, &decoded.event).await?;
+        }
+        if !events.is_empty() {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(infra::channels::SAGAS)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn apply_one(
+    conn: &mut PgConnection,
+    stored: &StoredEvent,
+    event: &DomainEvent,
+) -> Result<(), ApplyError> {
+    {
         let DomainEvent::Order(event) = event else {
             return Ok(());
         };
@@ -69,12 +84,8 @@ impl Projection for FulfillmentTrigger {
             }
             OrderEvent::Cancelled { .. } => store::signal(conn, order_id, true, false).await?,
             OrderEvent::Shipped { .. } => store::signal(conn, order_id, false, true).await?,
-            OrderEvent::StockReserved { .. } | OrderEvent::Confirmed { .. } => return Ok(()),
+            OrderEvent::StockReserved { .. } | OrderEvent::Confirmed { .. } => {}
         }
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(infra::channels::SAGAS)
-            .execute(conn)
-            .await?;
         Ok(())
     }
 }

@@ -12,8 +12,7 @@ use infra::clock::SystemClock;
 use infra::event_store::StoredEvent;
 use infra::event_store::stream::load;
 use infra::payment_gateway::{BreakerConfig, GatewayClientConfig, HttpPaymentGateway};
-use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Projection, Worker, WorkerConfig, listen_for_events};
+use infra::projection::{ApplyError, Decoded, Projection, Worker, WorkerConfig, listen_for_events};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
@@ -63,14 +62,13 @@ impl Projection for Twice {
     fn handles(&self, stored: &StoredEvent) -> bool {
         self.0.handles(stored)
     }
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        stored: &StoredEvent,
-        event: &DomainEvent,
-    ) -> Result<(), ApplyError> {
-        self.0.apply(conn, stored, event).await?;
-        self.0.apply(conn, stored, event).await
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        for decoded in events {
+            let once = std::slice::from_ref(decoded);
+            self.0.apply(conn, once).await?;
+            self.0.apply(conn, once).await?;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,586 @@
+//! Rebuilding a projection without downtime, and building one into scratch tables.
+//!
+//! The projection's handler runs unchanged against shadow tables: same names, in a schema of
+//! their own (`rebuild_<name>`), selected with `SET LOCAL search_path`. Batches are large
+//! (thousands of events: one read, one load and one write per table, no round trip per
+//! event) and each commits the shadow rows with the rebuild's checkpoint
+//! (`projection_rebuilds`), so an interrupted rebuild resumes where it stopped and the live
+//! model is never touched meanwhile: the query API keeps reading it and the live worker keeps
+//! applying to it.
+//!
+//! When the shadow has caught up with the log, the rebuild compares it with the live tables
+//! (rows added, removed, changed), then swaps in one transaction: it takes the projection's
+//! row (waiting for the live worker's batch, and holding the worker off), applies the last
+//! few events, moves the live tables out and the shadow tables in, re-points the views the
+//! query API reads, and moves the live checkpoint and version to the shadow's. Readers see
+//! the old model or the new one, never a half-built one.
+//!
+//! A rebuild only writes read-model tables: it never issues commands or publishes anything.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use infra::event_store::{Checkpoint, StoreError, log};
+use infra::projection::events::decode;
+use infra::projection::{ApplyError, Decoded, Projection, Table};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+
+/// Build and swap, or only build and compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Swap,
+    /// Build into scratch tables, compare with live, drop them.
+    DryRun,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Events read per transaction.
+    pub batch_size: u32,
+    /// Keep the replaced live tables (in a `retired_…` schema) instead of dropping them.
+    pub keep_old: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            batch_size: 5_000,
+            keep_old: false,
+        }
+    }
+}
+
+/// How the shadow build differs from the live model, per table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableDiff {
+    pub table: String,
+    pub added: i64,
+    pub removed: i64,
+    pub changed: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub projection: String,
+    pub version: i32,
+    /// Events read from the log by this run (a resumed run counts only its own).
+    pub events_read: u64,
+    /// Whether this run continued an interrupted rebuild.
+    pub resumed: bool,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    /// The shadow build against the live model, just before the swap.
+    pub diff: Vec<TableDiff>,
+    pub swapped: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("projection {0} has no tables to rebuild")]
+    NotRebuildable(String),
+    #[error("interrupted after {events_read} events; run the same command again to resume")]
+    Interrupted { events_read: u64 },
+    #[error(
+        "event {event_id} at position {position} cannot be applied; the rebuild stopped (the live model is untouched)"
+    )]
+    Poison {
+        event_id: uuid::Uuid,
+        position: i64,
+        #[source]
+        source: ApplyError,
+    },
+    #[error("failed to {operation}")]
+    Database {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("failed to read the log")]
+    ReadLog(#[source] StoreError),
+}
+
+fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> RebuildError {
+    move |source| RebuildError::Database { operation, source }
+}
+
+/// `"name"`: identifiers here come from code, but are quoted all the same.
+fn quoted(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// Creates `schema` with empty copies of the live tables (same columns, keys, indexes).
+pub async fn create_shadow(
+    conn: &mut PgConnection,
+    schema: &str,
+    tables: &[Table],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(schema)))
+        .execute(&mut *conn)
+        .await?;
+    for table in tables {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {}.{} (LIKE public.{} INCLUDING ALL)",
+            quoted(schema),
+            quoted(table.name),
+            quoted(table.name)
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn drop_schema(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quoted(schema)))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Applies events after `checkpoint` (up to `limit`) to the tables `search_path` selects, in
+/// the caller's transaction. Returns the events read and the new checkpoint.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    checkpoint: Checkpoint,
+    limit: u32,
+) -> Result<(usize, Checkpoint), RebuildError> {
+    let events = log::read_after(&mut *conn, checkpoint, limit)
+        .await
+        .map_err(RebuildError::ReadLog)?;
+    let Some(last) = events.last().map(|e| e.checkpoint()) else {
+        return Ok((0, checkpoint));
+    };
+    let mut decoded = Vec::with_capacity(events.len());
+    for stored in &events {
+        if !projection.handles(stored) {
+            continue;
+        }
+        let event = decode(stored).map_err(|err| RebuildError::Poison {
+            event_id: stored.event_id,
+            position: stored.position,
+            source: ApplyError::Decode(err),
+        })?;
+        decoded.push(Decoded {
+            stored: stored.clone(),
+            event,
+        });
+    }
+    if !decoded.is_empty()
+        && let Err(err) = projection.apply(conn, &decoded).await
+    {
+        let first = &decoded[0].stored;
+        return Err(RebuildError::Poison {
+            event_id: first.event_id,
+            position: first.position,
+            source: err,
+        });
+    }
+    Ok((events.len(), last))
+}
+
+/// Rows added, removed and changed in `schema`'s copy of each table, against live.
+pub async fn diff(
+    conn: &mut PgConnection,
+    schema: &str,
+    tables: &[Table],
+) -> Result<Vec<TableDiff>, sqlx::Error> {
+    let mut diffs = Vec::new();
+    for table in tables {
+        let key = table
+            .key
+            .iter()
+            .map(|c| format!("t.{}", quoted(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH shadow AS (SELECT jsonb_build_array({key}) AS k, to_jsonb(t) AS r FROM {schema}.{name} t),
+                  live AS (SELECT jsonb_build_array({key}) AS k, to_jsonb(t) AS r FROM public.{name} t)
+             SELECT count(*) FILTER (WHERE live.k IS NULL) AS added,
+                    count(*) FILTER (WHERE shadow.k IS NULL) AS removed,
+                    count(*) FILTER (WHERE shadow.k IS NOT NULL AND live.k IS NOT NULL
+                                       AND shadow.r <> live.r) AS changed
+               FROM shadow FULL JOIN live ON shadow.k = live.k",
+            schema = quoted(schema),
+            name = quoted(table.name),
+        );
+        let row = sqlx::query(&sql).fetch_one(&mut *conn).await?;
+        diffs.push(TableDiff {
+            table: table.name.to_owned(),
+            added: row.try_get("added")?,
+            removed: row.try_get("removed")?,
+            changed: row.try_get("changed")?,
+        });
+    }
+    Ok(diffs)
+}
+
+/// Whether any event (settled or not) lies after `checkpoint`.
+async fn events_after(pool: &PgPool, checkpoint: Checkpoint) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2))",
+    )
+    .bind(checkpoint.transaction_id.to_string())
+    .bind(checkpoint.position)
+    .fetch_one(pool)
+    .await
+}
+
+async fn set_search_path(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {}, public",
+        quoted(schema)
+    ))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Rebuilds (or, in `DryRun`, builds and compares) `projection`. `progress` is called after
+/// each batch with the events read so far and the log's size; `stop` interrupts between
+/// batches.
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    mode: Mode,
+    options: Options,
+    mut progress: impl FnMut(u64, u64),
+    stop: &AtomicBool,
+) -> Result<Report, RebuildError> {
+    let name = projection.name();
+    let tables = projection.tables();
+    if tables.is_empty() {
+        return Err(RebuildError::NotRebuildable(name.to_owned()));
+    }
+    let version = projection.version();
+    let started = Instant::now();
+    sqlx::query("INSERT INTO projection_state (name, version) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(version)
+        .execute(pool)
+        .await
+        .map_err(database("register the projection"))?;
+    let schema = match mode {
+        Mode::Swap => format!("rebuild_{name}"),
+        Mode::DryRun => format!("scratch_{name}"),
+    };
+    let mut conn = pool.acquire().await.map_err(database("connect"))?;
+
+    // Where to start: a rebuild of the same version resumes; anything else starts over.
+    let mut checkpoint = Checkpoint::START;
+    let mut resumed = false;
+    match mode {
+        Mode::DryRun => drop_schema(&mut conn, &schema)
+            .await
+            .map_err(database("drop old scratch tables"))?,
+        Mode::Swap => {
+            let existing = sqlx::query(
+                "SELECT target_version, checkpoint_tx::text AS checkpoint_tx, checkpoint_position
+                   FROM projection_rebuilds WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(database("read the rebuild's progress"))?;
+            match existing {
+                Some(row) if row.try_get::<i32, _>("target_version").ok() == Some(version) => {
+                    let transaction_id: String =
+                        row.try_get("checkpoint_tx").map_err(database("read"))?;
+                    checkpoint = Checkpoint {
+                        transaction_id: transaction_id.parse().unwrap_or(0),
+                        position: row
+                            .try_get("checkpoint_position")
+                            .map_err(database("read"))?,
+                    };
+                    resumed = true;
+                }
+                other => {
+                    if other.is_some() {
+                        drop_schema(&mut conn, &schema)
+                            .await
+                            .map_err(database("drop a stale rebuild"))?;
+                        sqlx::query("DELETE FROM projection_rebuilds WHERE name = $1")
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(database("forget a stale rebuild"))?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO projection_rebuilds (name, target_version, schema_name) VALUES ($1, $2, $3)",
+                    )
+                    .bind(name)
+                    .bind(version)
+                    .bind(&schema)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(database("record the rebuild"))?;
+                }
+            }
+        }
+    }
+    create_shadow(&mut conn, &schema, tables)
+        .await
+        .map_err(database("create the shadow tables"))?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(database("count events"))?;
+    let total = u64::try_from(total).unwrap_or(0);
+    let mut events_read: u64 = if resumed {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE (transaction_id, position) <= ($1::text::xid8, $2)",
+        )
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.position)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(database("count events done"))?;
+        u64::try_from(done).unwrap_or(0)
+    } else {
+        0
+    };
+    let already_read = events_read;
+    progress(events_read, total);
+
+    // Build, batch by batch, until the shadow has every settled event.
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Err(RebuildError::Interrupted {
+                events_read: events_read - already_read,
+            });
+        }
+        let mut tx = pool.begin().await.map_err(database("begin"))?;
+        let batch = async {
+            set_search_path(&mut tx, &schema)
+                .await
+                .map_err(database("select the shadow tables"))?;
+            apply_batch(&mut tx, projection, checkpoint, options.batch_size).await
+        }
+        .await;
+        let (read, next) = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                let _ = tx.rollback().await;
+                return Err(err);
+            }
+        };
+        if read == 0 {
+            tx.rollback().await.map_err(database("roll back"))?;
+            // Nothing settled is left; wait briefly for transactions still open elsewhere.
+            if !events_after(pool, checkpoint)
+                .await
+                .map_err(database("look at the log"))?
+            {
+                break;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        idle_since = None;
+        if mode == Mode::Swap {
+            let moved = sqlx::query(
+                "UPDATE projection_rebuilds
+                    SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3,
+                        events_applied = events_applied + $4, updated_at = now()
+                  WHERE name = $1",
+            )
+            .bind(name)
+            .bind(next.transaction_id.to_string())
+            .bind(next.position)
+            .bind(read as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(database("move the rebuild's checkpoint"));
+            if let Err(err) = moved {
+                let _ = tx.rollback().await;
+                return Err(err);
+            }
+        }
+        tx.commit().await.map_err(database("commit a batch"))?;
+        checkpoint = next;
+        events_read += read as u64;
+        progress(events_read, total.max(events_read));
+    }
+
+    // Verify: how the new build differs from what readers see now.
+    let diff = diff(&mut conn, &schema, tables)
+        .await
+        .map_err(database("compare with live"))?;
+    let mut report = Report {
+        projection: name.to_owned(),
+        version,
+        events_read: events_read - already_read,
+        resumed,
+        seconds: 0.0,
+        events_per_second: 0.0,
+        diff,
+        swapped: false,
+    };
+    match mode {
+        Mode::DryRun => {
+            drop_schema(&mut conn, &schema)
+                .await
+                .map_err(database("drop the scratch tables"))?;
+        }
+        Mode::Swap => {
+            swap(pool, projection, &schema, checkpoint, options).await?;
+            report.swapped = true;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    report.seconds = seconds;
+    report.events_per_second = if seconds > 0.0 {
+        report.events_read as f64 / seconds
+    } else {
+        0.0
+    };
+    Ok(report)
+}
+
+/// Swaps the shadow tables in, in one transaction, after applying the last events.
+async fn swap(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    schema: &str,
+    checkpoint: Checkpoint,
+    options: Options,
+) -> Result<(), RebuildError> {
+    let name = projection.name();
+    let retired = format!(
+        "retired_{name}_{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S")
+    );
+    let mut tx = pool.begin().await.map_err(database("begin the swap"))?;
+    if let Err(err) = swap_in(&mut tx, projection, schema, checkpoint, options, &retired).await {
+        let _ = tx.rollback().await;
+        return Err(err);
+    }
+    tx.commit().await.map_err(database("commit the swap"))?;
+    if !options.keep_old {
+        let mut conn = pool.acquire().await.map_err(database("connect"))?;
+        drop_schema(&mut conn, &retired)
+            .await
+            .map_err(database("drop the retired tables"))?;
+    }
+    Ok(())
+}
+
+async fn swap_in(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    mut checkpoint: Checkpoint,
+    options: Options,
+    retired: &str,
+) -> Result<(), RebuildError> {
+    let name = projection.name();
+    let tables = projection.tables();
+    // Holds the live worker off (it takes this row for every batch) until the swap commits.
+    sqlx::query("SELECT 1 FROM projection_state WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(database("lock the projection"))?;
+    set_search_path(&mut *tx, schema)
+        .await
+        .map_err(database("select the shadow tables"))?;
+    let mut caught_up: i64 = 0;
+    loop {
+        let (read, next) =
+            apply_batch(&mut *tx, projection, checkpoint, options.batch_size).await?;
+        if read == 0 {
+            break;
+        }
+        caught_up += read as i64;
+        checkpoint = next;
+    }
+    sqlx::query(&format!("CREATE SCHEMA {}", quoted(retired)))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("create the retired schema"))?;
+    // Readers lock a view before its table: lock in that order too (views first; locking a
+    // view locks its tables), or a reader and the swap can deadlock.
+    let views = tables.iter().filter_map(|t| t.view);
+    let bare = tables.iter().filter(|t| t.view.is_none()).map(|t| t.name);
+    for relation in views.chain(bare) {
+        sqlx::query(&format!(
+            "LOCK TABLE public.{} IN ACCESS EXCLUSIVE MODE",
+            quoted(relation)
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("lock the live model"))?;
+    }
+    for table in tables {
+        let name = quoted(table.name);
+        for statement in [
+            format!("ALTER TABLE public.{name} SET SCHEMA {}", quoted(retired)),
+            format!("ALTER TABLE {}.{name} SET SCHEMA public", quoted(schema)),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(database("move a table"))?;
+        }
+        if let Some(view) = table.view {
+            sqlx::query(&format!(
+                "CREATE OR REPLACE VIEW public.{} AS SELECT * FROM public.{name}",
+                quoted(view)
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("re-point a view"))?;
+        }
+    }
+    let applied: i64 =
+        sqlx::query_scalar("SELECT events_applied FROM projection_rebuilds WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(database("read the rebuild"))?;
+    sqlx::query(
+        "UPDATE projection_state
+            SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3, version = $4,
+                state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END,
+                last_error = NULL, last_error_at = NULL, progress_at = now(), events_applied = $5
+          WHERE name = $1",
+    )
+    .bind(name)
+    .bind(checkpoint.transaction_id.to_string())
+    .bind(checkpoint.position)
+    .bind(projection.version())
+    .bind(applied + caught_up)
+    .execute(&mut *tx)
+    .await
+    .map_err(database("move the live checkpoint"))?;
+    sqlx::query(
+        "UPDATE projection_dead_letters SET status = 'superseded', resolved_at = now()
+          WHERE projection = $1 AND status = 'parked'",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await
+    .map_err(database("retire parked events"))?;
+    sqlx::query("DELETE FROM projection_rebuilds WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(database("finish the rebuild"))?;
+    sqlx::query(&format!("DROP SCHEMA {}", quoted(schema)))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("drop the empty shadow schema"))?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(infra::channels::CHECKPOINTS)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(database("notify"))?;
+    Ok(())
+}

@@ -1,0 +1,727 @@
+//! Rebuilds, dead letters and the `ordo` CLI, against the real PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::process::Command;
+
+use async_trait::async_trait;
+use domain::inventory::InventoryCommand;
+use infra::event_store::StoredEvent;
+use infra::projection::{ApplyError, Decoded, Outcome, Projection, Table};
+use projections::admin;
+use projections::inventory::InventoryProjection;
+use projections::rebuild::{self, Mode, Options, RebuildError};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, watch};
+
+use crate::helpers::{Shop, drain, qty, rows, t, worker};
+
+fn never() -> AtomicBool {
+    AtomicBool::new(false)
+}
+
+/// Builds every read model from scratch into scratch tables and compares with live: an
+/// empty diff means live equals a fresh single-pass build.
+async fn assert_live_equals_a_fresh_build(pool: &PgPool) {
+    for projection in projections::all() {
+        let report = rebuild::rebuild(
+            pool,
+            projection.as_ref(),
+            Mode::DryRun,
+            Options::default(),
+            |_, _| {},
+            &never(),
+        )
+        .await
+        .expect("test setup");
+        for diff in &report.diff {
+            assert_eq!(
+                (diff.added, diff.removed, diff.changed),
+                (0, 0, 0),
+                "{}: {diff:?}",
+                report.projection
+            );
+        }
+    }
+}
+
+async fn build_live(pool: &PgPool) {
+    for projection in projections::all() {
+        let mut worker = worker(pool, projection).await;
+        assert_eq!(drain(pool, &mut worker).await, Outcome::Idle);
+    }
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool: PgPool) {
+    // Four live workers, a writer, a reader and the rebuild: more than a test pool's five.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with((*test_pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let shop = Arc::new(Shop::new(&pool));
+    shop.history().await;
+    // The live projector runs throughout.
+    let (stop, stopped) = watch::channel(false);
+    let mut live = Vec::new();
+    for projection in projections::all() {
+        let worker = worker(&pool, projection).await;
+        live.push(tokio::spawn(
+            worker.run(Arc::new(Notify::new()), stopped.clone()),
+        ));
+    }
+    // Commands keep arriving...
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (shop, writing) = (shop.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while writing.load(Ordering::SeqCst) {
+                shop.inventory(
+                    "MUG",
+                    InventoryCommand::Restock {
+                        quantity: qty(1),
+                        at: t(5, n % 60),
+                    },
+                )
+                .await;
+                n += 1;
+            }
+            n
+        })
+    };
+    // Once the live model is whole...
+    for name in [
+        "inventory",
+        "order_details",
+        "customer_orders",
+        "sales_daily",
+    ] {
+        crate::helpers::wait_until_caught_up(&pool, name).await;
+    }
+    // ...and readers keep reading the views, which must always answer with a whole model.
+    let reading = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let (pool, reading) = (pool.clone(), reading.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u32;
+            while reading.load(Ordering::SeqCst) {
+                let (items, orders): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM inventory), (SELECT count(*) FROM order_details)",
+                )
+                .fetch_one(&pool)
+                .await
+                .expect("the query API's views answer throughout");
+                assert_eq!((items, orders), (2, 3), "never a half-built model");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for projection in projections::all() {
+        let small = Options {
+            batch_size: 7,
+            keep_old: false,
+        };
+        let report = rebuild::rebuild(
+            &pool,
+            projection.as_ref(),
+            Mode::Swap,
+            small,
+            |_, _| {},
+            &never(),
+        )
+        .await
+        .unwrap();
+        assert!(report.swapped);
+        assert!(report.events_read > 0);
+    }
+    writing.store(false, Ordering::SeqCst);
+    let restocks = writer.await.unwrap();
+    assert!(restocks > 0);
+    for name in [
+        "inventory",
+        "order_details",
+        "customer_orders",
+        "sales_daily",
+    ] {
+        crate::helpers::wait_until_caught_up(&pool, name).await;
+    }
+    reading.store(false, Ordering::SeqCst);
+    assert!(reader.await.unwrap() > 0);
+    let _ = stop.send(true);
+    for task in live {
+        task.await.unwrap();
+    }
+    // The live worker went on applying into the swapped-in tables.
+    let on_hand: i64 = sqlx::query_scalar("SELECT on_hand FROM inventory WHERE sku = 'MUG'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(on_hand, 13 + i64::from(restocks));
+    assert_live_equals_a_fresh_build(&pool).await;
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata
+          WHERE schema_name LIKE 'rebuild_%' OR schema_name LIKE 'retired_%' OR schema_name LIKE 'scratch_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        leftovers, 0,
+        "no shadow, retired or scratch tables are left behind"
+    );
+    pool.close().await;
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let live_before = rows(&pool, "order_details_v1").await;
+    let stop = AtomicBool::new(false);
+    let small = Options {
+        batch_size: 5,
+        keep_old: false,
+    };
+    let err = rebuild::rebuild(
+        &pool,
+        &projections::order_details::OrderDetailsProjection,
+        Mode::Swap,
+        small,
+        |done, _| {
+            if done > 0 {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+        &stop,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RebuildError::Interrupted { events_read: 5 }),
+        "{err}"
+    );
+    assert_eq!(
+        rows(&pool, "order_details_v1").await,
+        live_before,
+        "live untouched"
+    );
+    let (position, applied): (i64, i64) = sqlx::query_as(
+        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(position > 0);
+    assert_eq!(applied, 5);
+
+    let report = rebuild::rebuild(
+        &pool,
+        &projections::order_details::OrderDetailsProjection,
+        Mode::Swap,
+        small,
+        |_, _| {},
+        &never(),
+    )
+    .await
+    .unwrap();
+    assert!(report.resumed);
+    assert!(report.swapped);
+    assert_eq!(
+        report.events_read as i64,
+        rows_in_log(&pool).await - 5,
+        "it went on from where it stopped"
+    );
+    assert_eq!(
+        rows(&pool, "order_details_v1").await,
+        live_before,
+        "the same model"
+    );
+    assert_live_equals_a_fresh_build(&pool).await;
+}
+
+async fn rows_in_log(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("test setup")
+}
+
+/// Version 2 of the inventory projection: names in upper case.
+struct InventoryV2;
+
+#[async_trait]
+impl Projection for InventoryV2 {
+    fn name(&self) -> &'static str {
+        InventoryProjection::NAME
+    }
+    fn version(&self) -> i32 {
+        2
+    }
+    fn tables(&self) -> &'static [Table] {
+        InventoryProjection.tables()
+    }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        InventoryProjection.handles(stored)
+    }
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        InventoryProjection.apply(conn, events).await?;
+        sqlx::query("UPDATE inventory_v1 SET name = upper(name) WHERE name <> upper(name)")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_changed_handler_gets_its_new_rows_after_a_rebuild(pool: PgPool) {
+    let shop = Shop::new(&pool);
+    shop.history().await;
+    build_live(&pool).await;
+    let mut old = worker(&pool, Arc::new(InventoryProjection)).await;
+    let mut new = worker(&pool, Arc::new(InventoryV2)).await;
+    // Before the rebuild, the new build waits: the database holds version 1.
+    assert_eq!(
+        new.run_once().await.unwrap(),
+        Outcome::VersionMismatch {
+            database: 1,
+            code: 2
+        }
+    );
+    old.release();
+    let report = rebuild::rebuild(
+        &pool,
+        &InventoryV2,
+        Mode::Swap,
+        Options::default(),
+        |_, _| {},
+        &never(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.diff[0].changed, 2, "both rows change");
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM inventory ORDER BY sku")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(names, ["ITEM CUP", "ITEM MUG"]);
+    let version: i32 =
+        sqlx::query_scalar("SELECT version FROM projection_state WHERE name = 'inventory'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(version, 2);
+    // From now on the old build applies nothing and the new one runs.
+    shop.item("TEA", 300, 4).await;
+    assert_eq!(drain(&pool, &mut new).await, Outcome::Idle);
+    new.release();
+    // The released lease frees up as soon as its session ends.
+    let outcome = loop {
+        match old.run_once().await.unwrap() {
+            Outcome::Standby => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        outcome,
+        Outcome::VersionMismatch {
+            database: 2,
+            code: 1
+        }
+    );
+    // Outdated, it steps aside for good.
+    assert_eq!(old.run_once().await.unwrap(), Outcome::Standby);
+    let tea: String = sqlx::query_scalar("SELECT name FROM inventory WHERE sku = 'TEA'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tea, "ITEM TEA");
+}
+
+/// Fails on `BAD` items while `broken` is set: a bug, then its fix.
+struct Buggy {
+    broken: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Projection for Buggy {
+    fn name(&self) -> &'static str {
+        InventoryProjection::NAME
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        InventoryProjection.handles(stored)
+    }
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        if self.broken.load(Ordering::SeqCst)
+            && events.iter().any(|d| d.stored.aggregate_id == "BAD")
+        {
+            return Err(ApplyError::Invalid("cannot handle BAD".to_owned()));
+        }
+        InventoryProjection.apply(conn, events).await
+    }
+}
+
+async fn parked_id(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT id FROM projection_dead_letters WHERE status = 'parked'")
+        .fetch_one(pool)
+        .await
+        .expect("test setup")
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_parked_event_is_retried_after_a_fix(pool: PgPool) {
+    let shop = Shop::new(&pool);
+    shop.item("GOOD", 1, 1).await;
+    shop.item("BAD", 1, 1).await;
+    shop.item("LATER", 1, 1).await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let mut buggy = worker(
+        &pool,
+        Arc::new(Buggy {
+            broken: broken.clone(),
+        }),
+    )
+    .await;
+    assert_eq!(drain(&pool, &mut buggy).await, Outcome::Halted);
+    let id = parked_id(&pool).await;
+    assert!(matches!(
+        admin::resume(&pool, "inventory").await,
+        Err(admin::AdminError::Refused(_))
+    ));
+    broken.store(false, Ordering::SeqCst);
+    admin::retry(&pool, "inventory", id).await.unwrap();
+    assert_eq!(drain(&pool, &mut buggy).await, Outcome::Idle);
+    let skus: Vec<String> = sqlx::query_scalar("SELECT sku FROM inventory ORDER BY sku")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(skus, ["BAD", "GOOD", "LATER"]);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM projection_dead_letters WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "retried");
+    assert!(matches!(
+        admin::retry(&pool, "inventory", id).await,
+        Err(admin::AdminError::UnknownDeadLetter { .. })
+    ));
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_parked_event_is_skipped_and_the_projection_goes_on(pool: PgPool) {
+    let shop = Shop::new(&pool);
+    shop.item("GOOD", 1, 1).await;
+    shop.item("BAD", 1, 1).await;
+    shop.item("LATER", 1, 1).await;
+    let mut buggy = worker(
+        &pool,
+        Arc::new(Buggy {
+            broken: Arc::new(AtomicBool::new(true)),
+        }),
+    )
+    .await;
+    assert_eq!(drain(&pool, &mut buggy).await, Outcome::Halted);
+    let id = parked_id(&pool).await;
+    admin::skip(&pool, "inventory", id).await.unwrap();
+    assert_eq!(drain(&pool, &mut buggy).await, Outcome::Idle);
+    let skus: Vec<String> = sqlx::query_scalar("SELECT sku FROM inventory ORDER BY sku")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(skus, ["GOOD", "LATER"], "BAD was skipped");
+    assert!(matches!(
+        admin::skip(&pool, "inventory", id).await,
+        Err(admin::AdminError::UnknownDeadLetter { .. })
+    ));
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_rebuild_stops_on_an_event_it_cannot_apply_and_swaps_nothing(pool: PgPool) {
+    Shop::new(&pool).item("GOOD", 1, 1).await;
+    build_live(&pool).await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload)
+         VALUES ('inventory_item', 'BAD', 1, 'InventoryItemRegistered', '1.0', '{\"Registered\": {}}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = rebuild::rebuild(
+        &pool,
+        &InventoryProjection,
+        Mode::Swap,
+        Options::default(),
+        |_, _| {},
+        &never(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RebuildError::Poison { .. }), "{err}");
+    let skus: Vec<String> = sqlx::query_scalar("SELECT sku FROM inventory")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(skus, ["GOOD"]);
+}
+
+/// The `ordo` binary on this test's database.
+/// Runs asynchronously, so the test's runtime keeps running (and finishing its own work)
+/// while the CLI works on the same database.
+async fn ordo(pool: &PgPool, args: &[&str]) -> (i32, String, String) {
+    let options = pool.connect_options();
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("ordo runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn the_cli_replays_streams_rows_and_projections(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let order = crate::helpers::order_id(1).to_string();
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[uuid]",
+    );
+    settings.add_filter(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+(Z|\+00:00)",
+        "[recorded]",
+    );
+    let _guard = settings.bind_to_scope();
+
+    let (code, stream, _) = ordo(&pool, &["replay", "stream", "order", &order]).await;
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("replay_stream_order", stream);
+    let (code, until, _) = ordo(
+        &pool,
+        &[
+            "replay",
+            "stream",
+            "order",
+            &order,
+            "--to-version",
+            "2",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(until.lines().count(), 2, "one object per step");
+    insta::assert_snapshot!("replay_stream_order_json", until);
+    let (code, row, _) = ordo(&pool, &["replay", "row", "inventory", "MUG"]).await;
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("replay_row_inventory", row);
+    let (code, sales, _) = ordo(&pool, &["replay", "row", "sales_daily", "2026-03-04/EUR"]).await;
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("replay_row_sales_daily", sales);
+    let (code, projection, _) = ordo(
+        &pool,
+        &[
+            "replay",
+            "projection",
+            "inventory",
+            "--from",
+            "1",
+            "--to",
+            "4",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("replay_projection_inventory", projection);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn the_cli_replays_a_saga(pool: PgPool) {
+    let shop = Shop::new(&pool);
+    shop.item("MUG", 1250, 10).await;
+    shop.order(1, 1, &[("MUG", 2)], 2).await;
+    // What the saga leaves behind: its row, and events written under its step keys.
+    let placed: uuid::Uuid =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE event_type = 'OrderPlaced'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let order_id = crate::helpers::order_id(1);
+    let keyed = |step: &str| {
+        let key = format!("saga:{placed}:{step}");
+        infra::commands::CommandOptions {
+            idempotency: infra::commands::IdempotencyKey::new(&key, [7; 32]).ok(),
+            metadata: infra::event_store::EventMetadata {
+                correlation_id: Some(order_id.as_uuid()),
+                causation_id: Some(placed),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    };
+    shop.items
+        .execute(
+            "MUG",
+            InventoryCommand::Reserve {
+                order_id,
+                quantity: qty(2),
+                at: t(2, 2),
+            },
+            keyed("reserve:MUG"),
+        )
+        .await
+        .unwrap();
+    shop.orders
+        .execute(
+            &order_id.to_string(),
+            domain::order::OrderCommand::Cancel {
+                reason: domain::order::CancelReason::PaymentDeclined,
+                at: t(2, 3),
+            },
+            keyed("cancel-order"),
+        )
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO fulfillment_sagas (order_id, state, stage, next_step, attempts, last_error)
+         VALUES ($1, jsonb_build_object('placed_event_id', $2::text, 'deadline', '2026-03-02T12:00:31Z'),
+                 'compensating', 'release:MUG', 2, 'the payment gateway is unavailable')",
+    )
+    .bind(order_id.as_uuid())
+    .bind(placed.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[uuid]",
+    );
+    let _guard = settings.bind_to_scope();
+    let (code, saga, _) = ordo(&pool, &["replay", "saga", &order_id.to_string()]).await;
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("replay_saga", saga);
+    let (code, _, err) = ordo(&pool, &["replay", "saga", &uuid::Uuid::nil().to_string()]).await;
+    assert_eq!(code, 3, "{err}");
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn the_cli_exit_codes_are_as_documented(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let (code, out, _) = ordo(&pool, &["projections", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME"), "{out}");
+    let (code, out, _) = ordo(&pool, &["projections", "status", "inventory", "--json"]).await;
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["projections"][0]["name"], "inventory");
+    assert_eq!(status["projections"][0]["lag_events"], 0);
+
+    let (code, out, err) = ordo(
+        &pool,
+        &["projections", "rebuild", "inventory", "--dry-run", "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["swapped"], false);
+    assert_eq!(report[0]["diff"][0]["changed"], 0);
+    let (code, _, err) = ordo(&pool, &["projections", "rebuild", "--all"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("swapped in"), "{err}");
+
+    let (code, _, _) = ordo(&pool, &["projections", "pause", "inventory"]).await;
+    assert_eq!(code, 0);
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM projection_state WHERE name = 'inventory'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "paused");
+    assert_eq!(
+        ordo(&pool, &["projections", "resume", "inventory"]).await.0,
+        0
+    );
+
+    // 2: usage; 3: not found; 4: refused.
+    assert_eq!(ordo(&pool, &["projections", "rebuild"]).await.0, 2);
+    assert_eq!(ordo(&pool, &["replay", "stream", "order"]).await.0, 2);
+    assert_eq!(ordo(&pool, &["projections", "status", "nope"]).await.0, 3);
+    assert_eq!(ordo(&pool, &["projections", "rebuild", "nope"]).await.0, 3);
+    assert_eq!(
+        ordo(
+            &pool,
+            &["projections", "dead-letters", "inventory", "--skip", "999"]
+        )
+        .await
+        .0,
+        3
+    );
+    assert_eq!(
+        ordo(
+            &pool,
+            &["replay", "stream", "order", &uuid::Uuid::nil().to_string()]
+        )
+        .await
+        .0,
+        3
+    );
+    assert_eq!(ordo(&pool, &["replay", "stream", "widget", "x"]).await.0, 3);
+    assert_eq!(
+        ordo(&pool, &["replay", "row", "inventory", "NOPE"]).await.0,
+        3
+    );
+    sqlx::query("UPDATE projection_state SET state = 'halted' WHERE name = 'inventory'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, _, err) = ordo(&pool, &["projections", "pause", "inventory"]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("dead-letters"), "{err}");
+    assert_eq!(
+        ordo(
+            &pool,
+            &[
+                "replay",
+                "projection",
+                "inventory",
+                "--from",
+                "5",
+                "--to",
+                "1"
+            ]
+        )
+        .await
+        .0,
+        4
+    );
+    // 1: the database is unreachable.
+    let output = Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["projections", "list"])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}

@@ -389,11 +389,13 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
                 bar.finish_and_clear();
                 let report = report?;
                 eprintln!(
-                    "{}: {} events in {:.2} s ({:.0} events/s){}{}",
+                    "{}: {} events built in {:.2} s ({:.0} events/s), verified in {:.2} s, {:.2} s in all{}{}",
                     report.projection,
                     report.events_read,
-                    report.seconds,
+                    report.build_seconds,
                     report.events_per_second,
+                    report.verify_seconds,
+                    report.seconds,
                     if report.resumed { ", resumed" } else { "" },
                     if report.swapped {
                         ", swapped in"

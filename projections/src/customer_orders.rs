@@ -107,6 +107,10 @@ impl Projection for CustomerOrdersProjection {
         1
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&OrderEvent::TYPES)
+    }
+
     fn tables(&self) -> &'static [Table] {
         &[Table {
             name: "customer_orders_v1",

@@ -92,6 +92,10 @@ impl Projection for InventoryProjection {
         1
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&InventoryEvent::TYPES)
+    }
+
     fn tables(&self) -> &'static [Table] {
         &[Table {
             name: "inventory_v1",

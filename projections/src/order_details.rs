@@ -310,6 +310,25 @@ impl Projection for OrderDetailsProjection {
         1
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        const TYPES: [&str; 13] = [
+            OrderEvent::TYPES[0],
+            OrderEvent::TYPES[1],
+            OrderEvent::TYPES[2],
+            OrderEvent::TYPES[3],
+            OrderEvent::TYPES[4],
+            PaymentEvent::TYPES[0],
+            PaymentEvent::TYPES[1],
+            PaymentEvent::TYPES[2],
+            PaymentEvent::TYPES[3],
+            PaymentEvent::TYPES[4],
+            "StockReserved",
+            "StockReleased",
+            "StockCommitted",
+        ];
+        Some(&TYPES)
+    }
+
     fn tables(&self) -> &'static [Table] {
         &[
             Table {

@@ -69,6 +69,11 @@ pub struct Report {
     /// Whether this run continued an interrupted rebuild.
     pub resumed: bool,
     pub seconds: f64,
+    /// Building the shadow tables (reading, applying, writing).
+    pub build_seconds: f64,
+    /// Comparing them with live.
+    pub verify_seconds: f64,
+    /// Events read per second of building.
     pub events_per_second: f64,
     /// The shadow build against the live model, just before the swap.
     pub diff: Vec<TableDiff>,
@@ -146,9 +151,11 @@ pub async fn apply_batch(
     checkpoint: Checkpoint,
     limit: u32,
 ) -> Result<(usize, Checkpoint), RebuildError> {
-    let events = log::read_after(&mut *conn, checkpoint, limit)
-        .await
-        .map_err(RebuildError::ReadLog)?;
+    let events = match projection.event_types() {
+        Some(types) => log::read_after_lean(&mut *conn, checkpoint, limit, types).await,
+        None => log::read_after(&mut *conn, checkpoint, limit).await,
+    }
+    .map_err(RebuildError::ReadLog)?;
     let Some(last) = events.last().map(|e| e.checkpoint()) else {
         return Ok((0, checkpoint));
     };
@@ -195,8 +202,8 @@ pub async fn diff(
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "WITH shadow AS (SELECT jsonb_build_array({key}) AS k, to_jsonb(t) AS r FROM {schema}.{name} t),
-                  live AS (SELECT jsonb_build_array({key}) AS k, to_jsonb(t) AS r FROM public.{name} t)
+            "WITH shadow AS (SELECT ({key})::text AS k, md5(t::text) AS r FROM {schema}.{name} t),
+                  live AS (SELECT ({key})::text AS k, md5(t::text) AS r FROM public.{name} t)
              SELECT count(*) FILTER (WHERE live.k IS NULL) AS added,
                     count(*) FILTER (WHERE shadow.k IS NULL) AS removed,
                     count(*) FILTER (WHERE shadow.k IS NOT NULL AND live.k IS NOT NULL
@@ -408,16 +415,20 @@ pub async fn rebuild(
         progress(events_read, total.max(events_read));
     }
 
+    let build_seconds = started.elapsed().as_secs_f64();
     // Verify: how the new build differs from what readers see now.
     let diff = diff(&mut conn, &schema, tables)
         .await
         .map_err(database("compare with live"))?;
+    let verify_seconds = started.elapsed().as_secs_f64() - build_seconds;
     let mut report = Report {
         projection: name.to_owned(),
         version,
         events_read: events_read - already_read,
         resumed,
         seconds: 0.0,
+        build_seconds,
+        verify_seconds,
         events_per_second: 0.0,
         diff,
         swapped: false,

@@ -140,6 +140,18 @@ impl Projection for SalesDailyProjection {
         1
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        const TYPES: [&str; 6] = [
+            OrderEvent::TYPES[0],
+            OrderEvent::TYPES[1],
+            OrderEvent::TYPES[2],
+            OrderEvent::TYPES[3],
+            OrderEvent::TYPES[4],
+            "PaymentRefunded",
+        ];
+        Some(&TYPES)
+    }
+
     fn tables(&self) -> &'static [Table] {
         &[
             Table {

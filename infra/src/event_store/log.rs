@@ -131,6 +131,40 @@ pub async fn read_after<'c>(
         .map_err(StoreError::ReadLog)
 }
 
+/// Like [`read_after`], but rows of other event types than `payload_types` come without
+/// their payload (`Value::Null`) and metadata: every event still arrives, in order, so the
+/// checkpoint stays exact, but what the reader will skip costs no transfer or parsing.
+pub async fn read_after_lean<'c>(
+    executor: impl PgExecutor<'c>,
+    after: Checkpoint,
+    limit: u32,
+    payload_types: &[&str],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql =
+        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type,
+                aggregate_id, sequence, event_type, event_version,
+                CASE WHEN event_type = ANY($4) THEN payload ELSE 'null'::jsonb END AS payload,
+                CASE WHEN event_type = ANY($4) THEN metadata ELSE 'null'::jsonb END AS metadata,
+                correlation_id, causation_id, idempotency_key, recorded_at
+           FROM events
+          WHERE (transaction_id, position) > ($1::text::xid8, $2)
+            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY events.transaction_id, events.position
+          LIMIT $3";
+    let rows = sqlx::query(sql)
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(i64::from(limit))
+        .bind(payload_types)
+        .fetch_all(executor)
+        .await
+        .map_err(StoreError::ReadLog)?;
+    rows.iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::ReadLog)
+}
+
 /// The global log on a pool.
 #[derive(Debug, Clone)]
 pub struct EventLog {

@@ -54,6 +54,12 @@ pub trait Projection: Send + Sync + 'static {
     /// the projections that need it (and rebuilds skip them cheaply).
     fn handles(&self, stored: &StoredEvent) -> bool;
 
+    /// The event types this projection consumes, when it can list them: the others are then
+    /// read without their payload. `None` reads every payload (and `handles` filters).
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// The tables this projection writes (rebuilt and swapped together). Empty for a
     /// projection whose effects must not be rebuilt (the saga's trigger).
     fn tables(&self) -> &'static [Table] {

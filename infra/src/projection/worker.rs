@@ -352,12 +352,14 @@ impl Worker {
             None if careful => 1,
             None => self.config.batch_size,
         };
-        let events = log::read_after(&mut *tx, checkpoint, limit)
-            .await
-            .map_err(|source| WorkerError::ReadLog {
-                projection: name,
-                source,
-            })?;
+        let events = match self.projection.event_types() {
+            Some(types) => log::read_after_lean(&mut *tx, checkpoint, limit, types).await,
+            None => log::read_after(&mut *tx, checkpoint, limit).await,
+        }
+        .map_err(|source| WorkerError::ReadLog {
+            projection: name,
+            source,
+        })?;
         let Some(last) = events.last() else {
             return Ok(Step::Rollback(Outcome::Idle));
         };

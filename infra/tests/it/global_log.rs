@@ -295,14 +295,25 @@ async fn transaction_ids_are_ordered_numerically(pool: PgPool) {
 async fn a_lean_read_skips_only_the_payloads_of_other_types(pool: PgPool) {
     registered_item(&pool, "SKU").await;
     let mut tx = pool.begin().await.unwrap();
-    append::<InventoryItem>(&mut tx, "SKU", 1, &[restocked(4)], &EventMetadata::default())
-        .await
-        .unwrap();
+    append::<InventoryItem>(
+        &mut tx,
+        "SKU",
+        1,
+        &[restocked(4)],
+        &EventMetadata::default(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let full = follow(&EventLog::new(pool.clone()), Checkpoint::START, 2).await;
-    let lean = infra::event_store::log::read_after_lean(&pool, Checkpoint::START, 10, &["InventoryItemRestocked"])
-        .await
-        .unwrap();
+    let lean = infra::event_store::log::read_after_lean(
+        &pool,
+        Checkpoint::START,
+        10,
+        &["InventoryItemRestocked"],
+    )
+    .await
+    .unwrap();
     assert_eq!(lean.len(), 2);
     assert_eq!(lean[0].payload, serde_json::Value::Null, "not asked for");
     assert_eq!(lean[1].payload, full[1].payload);

@@ -11,7 +11,7 @@ use cqrs_es::Aggregate;
 use domain::order::{Order, OrderEvent, OrderStatus};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table};
+use infra::projection::{ApplyError, Decoded, Projection, Table, View};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -114,13 +114,19 @@ impl Projection for CustomerOrdersProjection {
     fn tables(&self) -> &'static [Table] {
         &[Table {
             name: "customer_orders_v1",
-            view: Some("customer_orders"),
             key: &["order_id"],
         }]
     }
 
     fn handles(&self, stored: &StoredEvent) -> bool {
         stored.aggregate_type == Order::TYPE
+    }
+
+    fn views(&self) -> &'static [View] {
+        &[View {
+            name: "customer_orders",
+            definition: "SELECT * FROM customer_orders_v1",
+        }]
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {

@@ -11,7 +11,7 @@ use cqrs_es::Aggregate;
 use domain::inventory::{InventoryEvent, InventoryItem};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table};
+use infra::projection::{ApplyError, Decoded, Projection, Table, View};
 use sqlx::PgConnection;
 
 #[derive(Debug, Clone, Copy)]
@@ -99,13 +99,19 @@ impl Projection for InventoryProjection {
     fn tables(&self) -> &'static [Table] {
         &[Table {
             name: "inventory_v1",
-            view: Some("inventory"),
             key: &["sku"],
         }]
     }
 
     fn handles(&self, stored: &StoredEvent) -> bool {
         stored.aggregate_type == InventoryItem::TYPE
+    }
+
+    fn views(&self) -> &'static [View] {
+        &[View {
+            name: "inventory",
+            definition: "SELECT * FROM inventory_v1",
+        }]
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {

@@ -17,7 +17,7 @@ use domain::order::{Order, OrderEvent, OrderStatus};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table};
+use infra::projection::{ApplyError, Decoded, Projection, Table, View};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -39,16 +39,40 @@ struct Row {
     currency: String,
     lines: serde_json::Value,
     total_minor: Option<i64>,
-    payment_status: String,
-    captured_minor: i64,
-    refunded_minor: i64,
     cancel_reason: Option<String>,
     version: i64,
-    payment_version: i64,
     placed_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     last_position: i64,
 }
+
+/// The payment's part of an order's details: a row of its own, so it does not depend on
+/// the order's row having arrived first (Kafka orders events per aggregate only).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct PaymentRow {
+    order_id: Uuid,
+    payment_status: String,
+    captured_minor: i64,
+    refunded_minor: i64,
+    version: i64,
+    updated_at: DateTime<Utc>,
+    last_position: i64,
+}
+
+/// The query API's view: the order, its payment, and the position of the last event in its
+/// timeline. The migration that created it has the same text.
+pub const ORDER_DETAILS_VIEW: &str = "\
+SELECT o.order_id, o.customer_id, o.status, o.currency, o.lines, o.total_minor,
+       COALESCE(p.payment_status, 'none') AS payment_status,
+       COALESCE(p.captured_minor, 0) AS captured_minor,
+       COALESCE(p.refunded_minor, 0) AS refunded_minor,
+       o.cancel_reason, o.version, o.placed_at,
+       GREATEST(o.updated_at, p.updated_at) AS updated_at,
+       GREATEST(o.last_position, p.last_position,
+                (SELECT max(t.position) FROM order_timeline_v1 t WHERE t.order_id = o.order_id))
+           AS last_position
+  FROM order_details_v1 o
+  LEFT JOIN order_payments_v1 p ON p.order_id = o.order_id";
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -65,6 +89,7 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Changes {
     rows: HashMap<Uuid, Row>,
+    payments: HashMap<Uuid, PaymentRow>,
     timeline: Vec<Entry>,
 }
 
@@ -113,12 +138,8 @@ impl Changes {
                     currency: currency.to_string(),
                     lines: serde_json::Value::Array(lines_json),
                     total_minor: None,
-                    payment_status: "none".to_owned(),
-                    captured_minor: 0,
-                    refunded_minor: 0,
                     cancel_reason: None,
                     version: stored.sequence,
-                    payment_version: 0,
                     placed_at: *at,
                     updated_at: *at,
                     last_position: stored.position,
@@ -187,10 +208,16 @@ impl Changes {
 
     /// The payment's id is its order's id.
     fn payment(&mut self, order_id: Uuid, stored: &StoredEvent, event: &PaymentEvent) {
-        let Some(row) = self.rows.get_mut(&order_id) else {
-            return;
-        };
-        if stored.sequence <= row.payment_version {
+        let row = self.payments.entry(order_id).or_insert_with(|| PaymentRow {
+            order_id,
+            payment_status: "none".to_owned(),
+            captured_minor: 0,
+            refunded_minor: 0,
+            version: 0,
+            updated_at: DateTime::<Utc>::MIN_UTC,
+            last_position: 0,
+        });
+        if stored.sequence <= row.version {
             return;
         }
         let (at, description) = match event {
@@ -239,8 +266,8 @@ impl Changes {
                 (*at, "payment voided".to_owned())
             }
         };
-        row.payment_version = stored.sequence;
-        row.updated_at = row.updated_at.max(at);
+        row.version = stored.sequence;
+        row.updated_at = at;
         row.last_position = stored.position;
         self.entry(order_id, stored, at, "payment", description);
     }
@@ -279,24 +306,7 @@ impl Changes {
             ),
             InventoryEvent::Registered { .. } | InventoryEvent::Restocked { .. } => return,
         };
-        let order_id = order_id.as_uuid();
-        if let Some(row) = self.rows.get_mut(&order_id) {
-            row.last_position = row.last_position.max(stored.position);
-        }
-        self.entry(order_id, stored, *at, "inventory", description);
-    }
-}
-
-/// The order an event is about.
-fn order_of(decoded: &Decoded) -> Result<Option<Uuid>, ApplyError> {
-    match &decoded.event {
-        DomainEvent::Order(_) | DomainEvent::Payment(_) => order_id(&decoded.stored).map(Some),
-        DomainEvent::Inventory(
-            InventoryEvent::Reserved { order_id, .. }
-            | InventoryEvent::Released { order_id, .. }
-            | InventoryEvent::Committed { order_id, .. },
-        ) => Ok(Some(order_id.as_uuid())),
-        _ => Ok(None),
+        self.entry(order_id.as_uuid(), stored, *at, "inventory", description);
     }
 }
 
@@ -333,12 +343,14 @@ impl Projection for OrderDetailsProjection {
         &[
             Table {
                 name: "order_details_v1",
-                view: Some("order_details"),
+                key: &["order_id"],
+            },
+            Table {
+                name: "order_payments_v1",
                 key: &["order_id"],
             },
             Table {
                 name: "order_timeline_v1",
-                view: Some("order_timeline"),
                 key: &["order_id", "position"],
             },
         ]
@@ -358,29 +370,60 @@ impl Projection for OrderDetailsProjection {
         }
     }
 
+    fn views(&self) -> &'static [View] {
+        &[
+            View {
+                name: "order_details",
+                definition: ORDER_DETAILS_VIEW,
+            },
+            View {
+                name: "order_timeline",
+                definition: "SELECT * FROM order_timeline_v1",
+            },
+        ]
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
-        let mut ids = Vec::with_capacity(events.len());
+        let mut order_ids = Vec::new();
+        let mut payment_ids = Vec::new();
         for decoded in events {
-            if let Some(id) = order_of(decoded)? {
-                ids.push(id);
+            match &decoded.event {
+                DomainEvent::Order(_) => order_ids.push(order_id(&decoded.stored)?),
+                DomainEvent::Payment(_) => payment_ids.push(order_id(&decoded.stored)?),
+                _ => {}
             }
         }
-        ids.sort_unstable();
-        ids.dedup();
+        for ids in [&mut order_ids, &mut payment_ids] {
+            ids.sort_unstable();
+            ids.dedup();
+        }
         let loaded: Vec<Row> = sqlx::query_as(
-            "SELECT order_id, customer_id, status, currency, lines, total_minor, payment_status,
-                    captured_minor, refunded_minor, cancel_reason, version, payment_version,
-                    placed_at, updated_at, last_position
+            "SELECT order_id, customer_id, status, currency, lines, total_minor, cancel_reason,
+                    version, placed_at, updated_at, last_position
                FROM order_details_v1 WHERE order_id = ANY($1)",
         )
-        .bind(&ids)
+        .bind(&order_ids)
         .fetch_all(&mut *conn)
         .await?;
+        let payments: Vec<PaymentRow> = if payment_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT order_id, payment_status, captured_minor, refunded_minor, version, updated_at,
+                        last_position
+                   FROM order_payments_v1 WHERE order_id = ANY($1)",
+            )
+            .bind(&payment_ids)
+            .fetch_all(&mut *conn)
+            .await?
+        };
         let mut changes = Changes {
             rows: loaded.into_iter().map(|r| (r.order_id, r)).collect(),
+            payments: payments.into_iter().map(|p| (p.order_id, p)).collect(),
             timeline: Vec::new(),
         };
         let before = changes.rows.clone();
+        let payments_before = changes.payments.clone();
         for decoded in events {
             let stored = &decoded.stored;
             match &decoded.event {
@@ -390,6 +433,48 @@ impl Projection for OrderDetailsProjection {
                 DomainEvent::Unknown => {}
             }
         }
+        let payments: Vec<&PaymentRow> = changes
+            .payments
+            .values()
+            .filter(|row| row.version > 0 && payments_before.get(&row.order_id) != Some(*row))
+            .collect();
+        if !payments.is_empty() {
+            sqlx::query(
+                "INSERT INTO order_payments_v1 (order_id, payment_status, captured_minor,
+                        refunded_minor, version, updated_at, last_position)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
+                        $5::bigint[], $6::timestamptz[], $7::bigint[])
+                 ON CONFLICT (order_id) DO UPDATE
+                    SET payment_status = EXCLUDED.payment_status,
+                        captured_minor = EXCLUDED.captured_minor,
+                        refunded_minor = EXCLUDED.refunded_minor, version = EXCLUDED.version,
+                        updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position",
+            )
+            .bind(payments.iter().map(|r| r.order_id).collect::<Vec<_>>())
+            .bind(
+                payments
+                    .iter()
+                    .map(|r| r.payment_status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                payments
+                    .iter()
+                    .map(|r| r.captured_minor)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                payments
+                    .iter()
+                    .map(|r| r.refunded_minor)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(payments.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(payments.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+            .bind(payments.iter().map(|r| r.last_position).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
         let rows: Vec<&Row> = changes
             .rows
             .values()
@@ -398,20 +483,15 @@ impl Projection for OrderDetailsProjection {
         if !rows.is_empty() {
             sqlx::query(
                 "INSERT INTO order_details_v1 (order_id, customer_id, status, currency, lines,
-                        total_minor, payment_status, captured_minor, refunded_minor, cancel_reason,
-                        version, payment_version, placed_at, updated_at, last_position)
+                        total_minor, cancel_reason, version, placed_at, updated_at, last_position)
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                        $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::text[],
-                        $11::bigint[], $12::bigint[], $13::timestamptz[], $14::timestamptz[],
-                        $15::bigint[])
+                        $6::bigint[], $7::text[], $8::bigint[], $9::timestamptz[],
+                        $10::timestamptz[], $11::bigint[])
                  ON CONFLICT (order_id) DO UPDATE
                     SET status = EXCLUDED.status, lines = EXCLUDED.lines,
-                        total_minor = EXCLUDED.total_minor, payment_status = EXCLUDED.payment_status,
-                        captured_minor = EXCLUDED.captured_minor,
-                        refunded_minor = EXCLUDED.refunded_minor,
-                        cancel_reason = EXCLUDED.cancel_reason, version = EXCLUDED.version,
-                        payment_version = EXCLUDED.payment_version,
-                        updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position",
+                        total_minor = EXCLUDED.total_minor, cancel_reason = EXCLUDED.cancel_reason,
+                        version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
+                        last_position = EXCLUDED.last_position",
             )
             .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
@@ -419,12 +499,12 @@ impl Projection for OrderDetailsProjection {
             .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.payment_status.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.captured_minor).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.refunded_minor).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.cancel_reason.as_deref()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.cancel_reason.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.payment_version).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())

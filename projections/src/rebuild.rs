@@ -474,10 +474,23 @@ async fn swap(
     }
     tx.commit().await.map_err(database("commit the swap"))?;
     if !options.keep_old {
+        // Table by table and without CASCADE: a view still reading a retired table (one the
+        // projection did not declare) makes this fail loudly instead of vanishing with it.
         let mut conn = pool.acquire().await.map_err(database("connect"))?;
-        drop_schema(&mut conn, &retired)
+        for table in projection.tables() {
+            sqlx::query(&format!(
+                "DROP TABLE {}.{}",
+                quoted(&retired),
+                quoted(table.name)
+            ))
+            .execute(&mut *conn)
             .await
-            .map_err(database("drop the retired tables"))?;
+            .map_err(database("drop a retired table"))?;
+        }
+        sqlx::query(&format!("DROP SCHEMA {}", quoted(&retired)))
+            .execute(&mut *conn)
+            .await
+            .map_err(database("drop the retired schema"))?;
     }
     Ok(())
 }
@@ -515,11 +528,14 @@ async fn swap_in(
         .execute(&mut *tx)
         .await
         .map_err(database("create the retired schema"))?;
-    // Readers lock a view before its table: lock in that order too (views first; locking a
-    // view locks its tables), or a reader and the swap can deadlock.
-    let views = tables.iter().filter_map(|t| t.view);
-    let bare = tables.iter().filter(|t| t.view.is_none()).map(|t| t.name);
-    for relation in views.chain(bare) {
+    // Readers lock a view before its tables: lock in that order too (locking a view locks
+    // its tables), or a reader and the swap can deadlock.
+    let views = projection.views();
+    for relation in views
+        .iter()
+        .map(|v| v.name)
+        .chain(tables.iter().map(|t| t.name))
+    {
         sqlx::query(&format!(
             "LOCK TABLE public.{} IN ACCESS EXCLUSIVE MODE",
             quoted(relation)
@@ -539,15 +555,21 @@ async fn swap_in(
                 .await
                 .map_err(database("move a table"))?;
         }
-        if let Some(view) = table.view {
-            sqlx::query(&format!(
-                "CREATE OR REPLACE VIEW public.{} AS SELECT * FROM public.{name}",
-                quoted(view)
-            ))
-            .execute(&mut *tx)
-            .await
-            .map_err(database("re-point a view"))?;
-        }
+    }
+    // Views point at the tables they were made with: make them again, over the new ones.
+    sqlx::query("SET LOCAL search_path TO public")
+        .execute(&mut *tx)
+        .await
+        .map_err(database("select the live tables"))?;
+    for view in views {
+        sqlx::query(&format!(
+            "CREATE OR REPLACE VIEW public.{} AS {}",
+            quoted(view.name),
+            view.definition
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("re-create a view"))?;
     }
     let applied: i64 =
         sqlx::query_scalar("SELECT events_applied FROM projection_rebuilds WHERE name = $1")

@@ -19,7 +19,7 @@ use domain::order::{CancelReason, Order, OrderEvent};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table};
+use infra::projection::{ApplyError, Decoded, Projection, Table, View};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -156,17 +156,14 @@ impl Projection for SalesDailyProjection {
         &[
             Table {
                 name: "sales_daily_v1",
-                view: Some("sales_daily"),
                 key: &["day", "currency"],
             },
             Table {
                 name: "sales_daily_orders_v1",
-                view: None,
                 key: &["order_id"],
             },
             Table {
                 name: "sales_daily_refunds_v1",
-                view: None,
                 key: &["refund_id"],
             },
         ]
@@ -176,6 +173,13 @@ impl Projection for SalesDailyProjection {
     fn handles(&self, stored: &StoredEvent) -> bool {
         stored.aggregate_type == Order::TYPE
             || (stored.aggregate_type == Payment::TYPE && stored.event_type == "PaymentRefunded")
+    }
+
+    fn views(&self) -> &'static [View] {
+        &[View {
+            name: "sales_daily",
+            definition: "SELECT * FROM sales_daily_v1",
+        }]
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {

@@ -66,6 +66,11 @@ pub trait Projection: Send + Sync + 'static {
         &[]
     }
 
+    /// The views over those tables.
+    fn views(&self) -> &'static [View] {
+        &[]
+    }
+
     /// Applies a batch of events (those `handles` accepted), in log order.
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError>;
 }
@@ -74,10 +79,17 @@ pub trait Projection: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Table {
     pub name: &'static str,
-    /// The view the query API reads the table through, re-pointed when a rebuild swaps.
-    pub view: Option<&'static str>,
     /// The columns of its primary key, to compare builds row by row.
     pub key: &'static [&'static str],
+}
+
+/// A view the query API reads a projection through, re-created when a rebuild swaps the
+/// tables (a view points at tables, not at names). `definition` is the `SELECT`, with table
+/// names unqualified; the migration that first creates the view uses the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub name: &'static str,
+    pub definition: &'static str,
 }
 
 /// An event with its decoded payload.

@@ -263,6 +263,9 @@ impl Projection for InventoryV2 {
     fn tables(&self) -> &'static [Table] {
         InventoryProjection.tables()
     }
+    fn views(&self) -> &'static [infra::projection::View] {
+        InventoryProjection.views()
+    }
     fn handles(&self, stored: &StoredEvent) -> bool {
         InventoryProjection.handles(stored)
     }

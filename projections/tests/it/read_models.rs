@@ -12,9 +12,10 @@ use sqlx::PgPool;
 
 use crate::helpers::{Shop, drain, order_id, rows, worker};
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "inventory_v1",
     "order_details_v1",
+    "order_payments_v1",
     "order_timeline_v1",
     "customer_orders_v1",
     "sales_daily_v1",

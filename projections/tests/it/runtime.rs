@@ -105,7 +105,7 @@ async fn a_worker_killed_mid_batch_and_restarted_ends_with_the_rows_of_an_uninte
     );
 
     // The reference: the same projection built in one uninterrupted run.
-    sqlx::query("TRUNCATE order_details_v1, order_timeline_v1")
+    sqlx::query("TRUNCATE order_details_v1, order_payments_v1, order_timeline_v1")
         .execute(&pool)
         .await
         .unwrap();

@@ -11,6 +11,11 @@
 //! | `PAYMENT_GATEWAY_TIMEOUT_MS` | `2000` | per call; a call that takes longer is retried |
 //! | `PAYMENT_GATEWAY_SIM_ADDR` | `127.0.0.1:8090` | where the simulator listens |
 //! | `SAGA_PAYMENT_DEADLINE_MS` | `30000` | no payment outcome by then: the order is cancelled |
+//! | `KAFKA_BROKERS` | `127.0.0.1:9092` | Kafka (or Redpanda) bootstrap servers |
+//! | `KAFKA_TOPIC_PREFIX` | empty | prepended to topic names (`prod.` gives `prod.orders.events`) |
+//! | `KAFKA_PARTITIONS` | `3` | partitions of topics the relay creates |
+//! | `KAFKA_MESSAGE_TIMEOUT_MS` | `30000` | how long the producer tries to deliver before failing |
+//! | `KAFKA_RELAY_BATCH_SIZE` | `500` | events the relay publishes per checkpoint move |
 //! | `RUST_LOG` | `info` | tracing filter (`EnvFilter` syntax) |
 //! | `LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //!
@@ -29,7 +34,17 @@ pub struct Settings {
     pub read_api: HttpSettings,
     pub payment_gateway: PaymentGatewaySettings,
     pub saga: SagaSettings,
+    pub kafka: KafkaSettings,
     pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub message_timeout: Duration,
+    pub relay_batch_size: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +174,18 @@ pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, Confi
                 30_000,
                 "milliseconds",
             )?),
+        },
+        kafka: KafkaSettings {
+            brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            topic_prefix: var("KAFKA_TOPIC_PREFIX").unwrap_or_default(),
+            partitions: parse(&var, "KAFKA_PARTITIONS", 3, "a number of partitions")?,
+            message_timeout: Duration::from_millis(parse(
+                &var,
+                "KAFKA_MESSAGE_TIMEOUT_MS",
+                30_000,
+                "milliseconds",
+            )?),
+            relay_batch_size: parse(&var, "KAFKA_RELAY_BATCH_SIZE", 500, "a number of events")?,
         },
         telemetry: TelemetrySettings {
             filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),

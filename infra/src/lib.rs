@@ -10,6 +10,8 @@
 //! - [`projection`]: the worker that follows the log into database-only effects (read
 //!   models, the saga's trigger): checkpoint and effects in one transaction, one live
 //!   instance per projection, poison events parked.
+//! - [`kafka`]: the relay that publishes the global log to Kafka, and the consumer runtime
+//!   with an inbox that applies each event once.
 //! - [`catalog`], [`clock`]: implementations of the domain's ports.
 //! - [`config`], [`telemetry`], [`shutdown`]: process plumbing for the binaries.
 //!
@@ -23,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod event_store;
+pub mod kafka;
 pub mod keyed_lock;
 pub mod payment_gateway;
 pub mod projection;

@@ -19,6 +19,8 @@ pub mod admin;
 pub mod cli;
 pub mod customer_orders;
 pub mod inventory;
+pub mod kafka_source;
+pub mod notifications;
 pub mod order_details;
 pub mod rebuild;
 pub mod replay;

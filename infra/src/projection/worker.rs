@@ -58,6 +58,11 @@ pub enum WorkerError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "projection {projection} is fed from Kafka in this database (its inbox has events); \
+         a log-fed projector would apply them a second time"
+    )]
+    FedFromKafka { projection: &'static str },
     #[error("projection {projection}: reading the log failed")]
     ReadLog {
         projection: &'static str,
@@ -150,6 +155,18 @@ impl Worker {
         .execute(&pool)
         .await
         .map_err(database("register"))?;
+        let fed_from_kafka: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM consumer_inbox WHERE consumer = $1)")
+                .bind(format!(
+                    "{}{name}",
+                    crate::kafka::PROJECTION_CONSUMER_PREFIX
+                ))
+                .fetch_one(&pool)
+                .await
+                .map_err(database("check the Kafka inbox"))?;
+        if fed_from_kafka {
+            return Err(WorkerError::FedFromKafka { projection: name });
+        }
         let id = format!(
             "pid{}-{}",
             std::process::id(),

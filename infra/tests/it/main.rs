@@ -5,5 +5,6 @@ mod catalog;
 mod commands;
 mod global_log;
 mod helpers;
+mod kafka;
 mod postgres_es_compat;
 mod snapshots;

@@ -1,13 +1,43 @@
-//! The projector: runs a worker per read model until Ctrl-C or SIGTERM. Run several for
-//! availability: each projection runs on one of them at a time, and a standby takes over
-//! within a poll interval when the live one dies.
+//! The projector: runs every read model until Ctrl-C or SIGTERM.
+//!
+//! `--source log` (the default) follows the PostgreSQL log: run several for availability;
+//! each projection runs on one of them at a time, and a standby takes over within a poll
+//! interval when the live one dies.
+//!
+//! `--source kafka` consumes the relay's topics instead, into a database of its own: run
+//! several and they split the partitions (one consumer group per projection).
+
+use std::sync::Arc;
 
 use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use infra::config::Settings;
+use infra::kafka::consumer::{ConsumerConfig, InboxConsumer};
 use infra::projection::{EVENTS_CHANNEL, Worker, WorkerConfig, listen_for_events};
+use projections::kafka_source::KafkaFed;
+use sqlx::PgPool;
 use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Source {
+    /// The PostgreSQL global log.
+    Log,
+    /// The Kafka topics the relay publishes (KAFKA_BROKERS).
+    Kafka,
+}
+
+/// Builds the read models.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Where events come from.
+    #[arg(long, value_enum, default_value = "log", env = "PROJECTOR_SOURCE")]
+    source: Source,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
     let settings = infra::config::load().context("failed to load configuration")?;
     infra::telemetry::init("projector", &settings.telemetry)?;
     let options = infra::db::connect_options(&settings.database)?;
@@ -15,6 +45,13 @@ async fn main() -> anyhow::Result<()> {
     if settings.database.migrate_on_start {
         infra::db::migrate(&pool).await?;
     }
+    match args.source {
+        Source::Log => from_log(pool).await,
+        Source::Kafka => from_kafka(pool, &settings).await,
+    }
+}
+
+async fn from_log(pool: PgPool) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut wakeups = Vec::new();
     let mut tasks = Vec::new();
@@ -23,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         let worker = Worker::register(pool.clone(), projection, WorkerConfig::default())
             .await
             .with_context(|| format!("failed to start projection {name}"))?;
-        let wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
+        let wakeup = Arc::new(tokio::sync::Notify::new());
         wakeups.push(wakeup.clone());
         tasks.push(tokio::spawn(worker.run(wakeup, stopped.clone())));
         tracing::info!(projection = name, "worker started");
@@ -36,6 +73,38 @@ async fn main() -> anyhow::Result<()> {
         let _ = task.await;
     }
     listener.abort();
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+async fn from_kafka(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
+    tokio::select! {
+        () = infra::kafka::wait_for_topics(&settings.kafka) => {}
+        () = infra::shutdown::shutdown_signal() => return Ok(()),
+    }
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for projection in projections::all() {
+        let name = projection.name();
+        let handler = KafkaFed::new(&pool, projection)
+            .await
+            .with_context(|| format!("cannot feed projection {name} from Kafka"))?;
+        let consumer = InboxConsumer::new(
+            pool.clone(),
+            &settings.kafka,
+            handler,
+            ConsumerConfig::all_topics(&settings.kafka),
+        )
+        .with_context(|| format!("failed to start the consumer of projection {name}"))?;
+        tasks.push(tokio::spawn(consumer.run(stopped.clone())));
+        tracing::info!(projection = name, brokers = %settings.kafka.brokers, "Kafka consumer started");
+    }
+    infra::shutdown::shutdown_signal().await;
+    let _ = stop.send(true);
+    for task in tasks {
+        // Each consumer finishes its batch and commits its offsets.
+        let _ = task.await;
+    }
     tracing::info!("projector stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `run_once`, rows are read back with SQL.
 
 mod helpers;
+mod kafka;
 mod operator;
 mod read_models;
 mod runtime;

@@ -20,6 +20,7 @@ use cqrs_es::persist::EventUpcaster;
 use rand::Rng;
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::event_store::notify::AppendNotifier;
 use crate::event_store::stream::{self, AppendError, SnapshotPolicy};
 use crate::event_store::{EventMetadata, StoreError, StreamId, is_lock_timeout};
 use crate::keyed_lock::KeyedLocks;
@@ -166,6 +167,7 @@ pub struct CommandExecutor<A: Aggregate> {
     services: Arc<A::Services>,
     policy: ExecutorPolicy,
     locks: KeyedLocks,
+    notifier: AppendNotifier,
     upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
@@ -177,6 +179,7 @@ impl<A: Aggregate> Clone for CommandExecutor<A> {
             services: self.services.clone(),
             policy: self.policy,
             locks: self.locks.clone(),
+            notifier: self.notifier.clone(),
             upcasters: self.upcasters.clone(),
             _aggregate: PhantomData,
         }
@@ -206,6 +209,7 @@ where
 {
     pub fn new(pool: PgPool, services: A::Services, policy: ExecutorPolicy) -> Self {
         Self {
+            notifier: AppendNotifier::new(pool.clone()),
             pool,
             services: Arc::new(services),
             policy,
@@ -302,7 +306,12 @@ where
                     return Attempt::Done(committed, events);
                 }
                 match tx.commit().await {
-                    Ok(()) => Attempt::Done(committed, events),
+                    Ok(()) => {
+                        if committed.appended > 0 {
+                            self.notifier.committed();
+                        }
+                        Attempt::Done(committed, events)
+                    }
                     Err(source) => Attempt::Failed(
                         StoreError::Transaction {
                             operation: "commit",

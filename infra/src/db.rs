@@ -58,6 +58,10 @@ pub async fn connect(
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection before handing it out by default: a round trip on
+        // every acquire, on every command's and every batch's path. A connection that died
+        // fails its first statement instead, which callers already treat as transient.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(DbError::Connect)

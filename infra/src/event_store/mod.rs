@@ -7,9 +7,12 @@
 //! - [`log`] reads the global log, "every event after checkpoint C, at most N", in a total
 //!   order that never skips an event committed out of position order.
 //!
+//! - [`notify`] wakes the log's followers after appends commit.
+//!
 //! Not here: deciding what to append (the `domain` crate) and retry policy (`commands`).
 
 pub mod log;
+pub mod notify;
 pub mod stream;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
-/// The channel the `events` table's trigger notifies after every insert.
+/// The channel appenders notify after their events commit (`event_store::notify`).
 pub const EVENTS_CHANNEL: &str = crate::channels::EVENTS;
 
 /// A wake-up a worker can wait on. `Notify::notify_one` stores a permit, so a notification

@@ -339,3 +339,38 @@ async fn a_key_held_by_a_request_in_flight_is_reported_after_the_lock_timeout(
             .replayed
     );
 }
+
+/// Followers are woken after an append commits, by the executor rather than by the
+/// appending transaction (which would serialise concurrent commits on PostgreSQL's
+/// notification lock).
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn an_append_notifies_followers_after_it_commits(pool: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(infra::channels::EVENTS).await.unwrap();
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+
+    // An append in a transaction of its own notifies nobody any more.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload)
+         VALUES ('test', 'raw', 1, 'Raw', '1.0', '{}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "a raw insert notified: {quiet:?}");
+
+    items
+        .execute("MUG", register("MUG", 1), CommandOptions::default())
+        .await
+        .unwrap();
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(2), listener.recv())
+        .await
+        .expect("a notification within 2 s of the commit")
+        .unwrap();
+    assert_eq!(notification.channel(), infra::channels::EVENTS);
+}

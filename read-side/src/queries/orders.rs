@@ -20,7 +20,7 @@ pub struct OrderRow {
     pub last_position: i64,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, serde::Deserialize)]
 pub struct TimelineRow {
     pub at: DateTime<Utc>,
     pub position: i64,
@@ -29,29 +29,33 @@ pub struct TimelineRow {
     pub description: String,
 }
 
-/// One order with its timeline (oldest first), or `None`.
+#[derive(Debug, sqlx::FromRow)]
+struct OrderWithTimeline {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    timeline: sqlx::types::Json<Vec<TimelineRow>>,
+}
+
+/// One order with its timeline (oldest first), or `None`. One statement: one round trip,
+/// and the row and its timeline come from the same snapshot.
 pub async fn order(
     pool: &PgPool,
     order_id: Uuid,
 ) -> Result<Option<(OrderRow, Vec<TimelineRow>)>, sqlx::Error> {
-    let Some(order) = sqlx::query_as::<_, OrderRow>(
-        "SELECT order_id, customer_id, status, currency, lines, total_minor, payment_status,
-                captured_minor, refunded_minor, cancel_reason, version, placed_at, updated_at,
-                last_position
-           FROM order_details WHERE order_id = $1",
+    let found = sqlx::query_as::<_, OrderWithTimeline>(
+        "SELECT d.order_id, d.customer_id, d.status, d.currency, d.lines, d.total_minor,
+                d.payment_status, d.captured_minor, d.refunded_minor, d.cancel_reason, d.version,
+                d.placed_at, d.updated_at, d.last_position,
+                COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                                     'at', t.at, 'position', t.position, 'source', t.source,
+                                     'event_type', t.event_type, 'description', t.description)
+                                 ORDER BY t.at, t.position)
+                            FROM order_timeline t WHERE t.order_id = d.order_id),
+                         '[]') AS timeline
+           FROM order_details d WHERE d.order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let timeline = sqlx::query_as::<_, TimelineRow>(
-        "SELECT at, position, source, event_type, description
-           FROM order_timeline WHERE order_id = $1 ORDER BY at, position",
-    )
-    .bind(order_id)
-    .fetch_all(pool)
     .await?;
-    Ok(Some((order, timeline)))
+    Ok(found.map(|row| (row.order, row.timeline.0)))
 }

@@ -16,6 +16,10 @@ pub async fn poison(pool: &PgPool) {
     .execute(pool)
     .await
     .expect("insert a poison event");
+    // Appends outside the command executor notify the log's followers themselves.
+    infra::event_store::notify::notify(pool)
+        .await
+        .expect("notify");
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

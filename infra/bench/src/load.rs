@@ -1,0 +1,571 @@
+//! The load generator: drives the running system through its HTTP APIs (the command API and
+//! the query API, as clients would) and reads timings that only the database knows (when a
+//! reservation was committed) from the event log.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::report::{Row, Target};
+
+/// How much load, for how long.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runs: usize,
+    pub seconds: f64,
+    pub concurrencies: Vec<u32>,
+    pub hot_concurrency: u32,
+    pub read_concurrency: u32,
+    pub saga_rate: f64,
+    pub saga_seconds: f64,
+    pub settle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Load {
+    client: reqwest::Client,
+    write: String,
+    read: String,
+    pool: PgPool,
+    skus: Arc<Vec<String>>,
+    hot_sku: String,
+}
+
+/// One closed-loop run.
+#[derive(Debug, Default)]
+struct Run {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    /// What each successful request returned (order ids), for later cases.
+    outputs: Vec<String>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `concurrency` workers each send requests back to back until `duration` is over.
+async fn closed_loop<F, Fut>(concurrency: u32, duration: Duration, request: F) -> Run
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<String>> + Send,
+{
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let request = request.clone();
+        workers.spawn(async move {
+            let mut run = Run::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match request().await {
+                    Ok(output) => {
+                        run.ok += 1;
+                        run.latencies.push(sent.elapsed());
+                        run.outputs.push(output);
+                    }
+                    Err(err) => {
+                        run.errors += 1;
+                        run.first_error.get_or_insert_with(|| format!("{err:#}"));
+                    }
+                }
+            }
+            run
+        });
+    }
+    let mut total = Run::default();
+    while let Some(done) = workers.join_next().await {
+        let Ok(run) = done else { continue };
+        total.ok += run.ok;
+        total.errors += run.errors;
+        if total.first_error.is_none() {
+            total.first_error = run.first_error;
+        }
+        total.latencies.extend(run.latencies);
+        total.outputs.extend(run.outputs);
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+fn error_note(errors: u64, first: &Option<String>) -> Option<String> {
+    (errors > 0).then(|| {
+        format!(
+            "{errors} failed requests, first: {}",
+            first.as_deref().unwrap_or("?")
+        )
+    })
+}
+
+impl Load {
+    pub async fn new(write: &str, read: &str, pool: PgPool) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let tag = Uuid::new_v4().simple().to_string()[..8].to_uppercase();
+        let load = Self {
+            client,
+            write: write.trim_end_matches('/').to_owned(),
+            read: read.trim_end_matches('/').to_owned(),
+            pool,
+            skus: Arc::new((0..100).map(|i| format!("B{tag}-{i}")).collect()),
+            hot_sku: format!("B{tag}-HOT"),
+        };
+        for sku in load.skus.iter().chain(std::iter::once(&load.hot_sku)) {
+            load.register(sku).await?;
+        }
+        Ok(load)
+    }
+
+    async fn register(&self, sku: &str) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(format!("{}/inventory", self.write))
+            .json(&json!({
+                "sku": sku,
+                "name": format!("Benchmark item {sku}"),
+                "unit_price": {"amount_minor": 1000, "currency": "EUR"},
+                "initial_stock": 1_000_000_000u32,
+            }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "registering {sku}: {} {}",
+                response.status(),
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Places an order for one unit of `sku`; returns the order id and the consistency token.
+    async fn place(
+        client: &reqwest::Client,
+        write: &str,
+        sku: &str,
+    ) -> anyhow::Result<(String, i64)> {
+        let response = client
+            .post(format!("{write}/orders"))
+            .json(&json!({
+                "customer_id": Uuid::new_v4(),
+                "lines": [{"sku": sku, "quantity": 1}],
+                "payment": {"card_token": "tok_visa"},
+            }))
+            .send()
+            .await?;
+        let status = response.status();
+        if status != reqwest::StatusCode::CREATED {
+            bail!("POST /orders: {status} {}", response.text().await?);
+        }
+        let body: Value = response.json().await?;
+        let id = body["order_id"]
+            .as_str()
+            .context("no order_id in the response")?
+            .to_owned();
+        let position = body["position"]
+            .as_i64()
+            .context("no position in the response")?;
+        Ok((id, position))
+    }
+
+    /// Waits until the system is idle: no saga has a step due, the log's head has not moved
+    /// for a second, and every projection has applied it.
+    pub async fn settle(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_head = -1i64;
+        let mut still_since = Instant::now();
+        loop {
+            let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?;
+            let busy_sagas: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM fulfillment_sagas WHERE due_at IS NOT NULL",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let projections: Value = self
+                .client
+                .get(format!("{}/projections", self.read))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let behind = projections["projections"]
+                .as_array()
+                .or_else(|| projections.as_array())
+                .map_or(0, |list| {
+                    list.iter()
+                        .filter(|p| p["lag_events"].as_i64().unwrap_or(0) > 0)
+                        .count()
+                });
+            if head != last_head {
+                last_head = head;
+                still_since = Instant::now();
+            }
+            if busy_sagas == 0 && behind == 0 && still_since.elapsed() >= Duration::from_secs(1) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the system did not settle within {timeout:?}: {busy_sagas} sagas busy, {behind} projections behind"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Case 1: orders placed on distinct orders (and spread over 100 SKUs), closed loop.
+    pub async fn place_orders(
+        &self,
+        s: &Settings,
+        order_ids: &mut Vec<String>,
+    ) -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for &c in &s.concurrencies {
+            let mut rates = Vec::new();
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut first_error = None;
+            for _ in 0..s.runs {
+                let (client, write, skus) =
+                    (self.client.clone(), self.write.clone(), self.skus.clone());
+                let run = closed_loop(c, Duration::from_secs_f64(s.seconds), move || {
+                    let (client, write, skus) = (client.clone(), write.clone(), skus.clone());
+                    async move {
+                        let sku = &skus[rand::rng().random_range(0..skus.len())];
+                        Ok(Self::place(&client, &write, sku).await?.0)
+                    }
+                })
+                .await;
+                eprintln!("  place orders c={c}: {:.0} orders/s", run.rate());
+                rates.push(run.rate());
+                latencies.extend(run.latencies);
+                order_ids.extend(run.outputs);
+                errors += run.errors;
+                first_error = first_error.or(run.first_error);
+                self.settle(s.settle_timeout).await?;
+            }
+            let mut row = Row::measured("1. place orders", "ops/s", &rates, &mut latencies)
+                .concurrency(c)
+                .baseline(format!("pgbench.insert.c{c}"));
+            if c == 32 {
+                row = row.target(Target {
+                    min_ratio: Some(0.6),
+                    ..Target::default()
+                });
+            }
+            if let Some(note) = error_note(errors, &first_error) {
+                row = row.note(note);
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Case 2: every order reserves the same SKU. Orders are placed closed loop; the saga
+    /// reserves them one after another on the one inventory item. The rate is reservations
+    /// committed per second on that item (from the log), the latency placed -> reserved.
+    pub async fn hot_sku(&self, s: &Settings) -> anyhow::Result<Row> {
+        let mut rates = Vec::new();
+        let mut latencies = Vec::new();
+        let mut placed_rates = Vec::new();
+        let mut errors = 0;
+        let mut first_error = None;
+        for _ in 0..s.runs {
+            let (client, write, sku) = (
+                self.client.clone(),
+                self.write.clone(),
+                self.hot_sku.clone(),
+            );
+            let run = closed_loop(
+                s.hot_concurrency,
+                Duration::from_secs_f64(s.seconds),
+                move || {
+                    let (client, write, sku) = (client.clone(), write.clone(), sku.clone());
+                    async move { Ok(Self::place(&client, &write, &sku).await?.0) }
+                },
+            )
+            .await;
+            placed_rates.push(run.rate());
+            errors += run.errors;
+            first_error = first_error.or(run.first_error.clone());
+            self.settle(s.settle_timeout).await?;
+            let timings: Vec<(f64, f64)> = sqlx::query_as(
+                "SELECT extract(epoch FROM o.recorded_at)::float8,
+                        extract(epoch FROM r.recorded_at)::float8
+                   FROM events o
+                   JOIN events r
+                     ON r.aggregate_type = 'inventory_item' AND r.aggregate_id = $2
+                    AND r.event_type = 'StockReserved'
+                    AND r.payload -> 'Reserved' ->> 'order_id' = o.aggregate_id
+                  WHERE o.aggregate_type = 'order' AND o.sequence = 1
+                    AND o.aggregate_id = ANY($1)",
+            )
+            .bind(&run.outputs)
+            .bind(&self.hot_sku)
+            .fetch_all(&self.pool)
+            .await?;
+            if timings.len() != run.outputs.len() {
+                bail!(
+                    "hot SKU: {} orders placed but {} reserved",
+                    run.outputs.len(),
+                    timings.len()
+                );
+            }
+            let first = timings.iter().map(|t| t.1).fold(f64::MAX, f64::min);
+            let last = timings.iter().map(|t| t.1).fold(f64::MIN, f64::max);
+            let rate = if last > first {
+                (timings.len() - 1) as f64 / (last - first)
+            } else {
+                0.0
+            };
+            eprintln!(
+                "  hot SKU: {:.0} orders/s placed, {rate:.0} reservations/s",
+                run.rate()
+            );
+            rates.push(rate);
+            latencies.extend(
+                timings.iter().map(|(placed, reserved)| {
+                    Duration::from_secs_f64((reserved - placed).max(0.0))
+                }),
+            );
+        }
+        let (placed, _, _) = crate::report::spread(&placed_rates);
+        let mut note = format!(
+            "reservations/s on one item; placed {placed:.0} orders/s; latency placed -> reserved"
+        );
+        if let Some(e) = error_note(errors, &first_error) {
+            note.push_str("; ");
+            note.push_str(&e);
+        }
+        Ok(
+            Row::measured("2. hot SKU reserved", "ops/s", &rates, &mut latencies)
+                .concurrency(s.hot_concurrency)
+                .target(Target {
+                    min_value: Some(1000.0),
+                    ..Target::default()
+                })
+                .note(note),
+        )
+    }
+
+    /// Cases 3 and 4: orders placed open loop at a fixed rate. After each POST the client
+    /// reads the order from the query API with the consistency token (its latency is the
+    /// projection lag a client sees), then polls until it shows `confirmed` (every 10 ms
+    /// for the first 250 ms, every 50 ms after).
+    pub async fn saga(&self, s: &Settings) -> anyhow::Result<Vec<Row>> {
+        let mut confirmed_rates = Vec::new();
+        let mut placed_rates = Vec::new();
+        let mut end_to_end = Vec::new();
+        let mut lags = Vec::new();
+        let mut failures = 0u64;
+        let mut first_failure = None;
+        for _ in 0..s.runs {
+            let n = (s.saga_rate * s.saga_seconds).round() as u64;
+            let start = tokio::time::Instant::now();
+            let mut tasks = JoinSet::new();
+            for i in 0..n {
+                let at = start + Duration::from_secs_f64(i as f64 / s.saga_rate);
+                let (client, write, read, skus) = (
+                    self.client.clone(),
+                    self.write.clone(),
+                    self.read.clone(),
+                    self.skus.clone(),
+                );
+                tasks.spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let sent = Instant::now();
+                    let sku = skus[i as usize % skus.len()].clone();
+                    let (id, position) = Self::place(&client, &write, &sku).await?;
+                    let acked = Instant::now();
+                    let url = format!("{read}/orders/{id}");
+                    let first = client
+                        .get(format!("{url}?wait=10s"))
+                        .header("X-Consistency-Token", position.to_string())
+                        .send()
+                        .await?;
+                    if first.status() != reqwest::StatusCode::OK {
+                        bail!("GET {url} with its token: {}", first.status());
+                    }
+                    let lag = acked.elapsed();
+                    let mut body: Value = first.json().await?;
+                    let give_up = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        match body["status"].as_str() {
+                            Some("confirmed") => break,
+                            Some("cancelled") => {
+                                bail!("order {id} was cancelled: {}", body["cancel_reason"])
+                            }
+                            _ if Instant::now() > give_up => {
+                                bail!("order {id} not confirmed after 30 s")
+                            }
+                            _ => {}
+                        }
+                        // Every 10 ms for the first 250 ms, then every 50 ms: when the
+                        // sagas fall behind, fast polling of a long queue would load the
+                        // very services being measured.
+                        let pause = if acked.elapsed() < Duration::from_millis(250) {
+                            10
+                        } else {
+                            50
+                        };
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        body = client.get(&url).send().await?.json().await?;
+                    }
+                    Ok::<_, anyhow::Error>((acked - sent, lag, sent.elapsed(), Instant::now()))
+                });
+            }
+            let mut confirmed = 0u64;
+            let mut last_confirmed = Instant::now();
+            let mut last_ack = Duration::ZERO;
+            while let Some(done) = tasks.join_next().await {
+                match done.context("a load task panicked")? {
+                    Ok((ack, lag, e2e, at)) => {
+                        confirmed += 1;
+                        lags.push(lag);
+                        end_to_end.push(e2e);
+                        last_confirmed = last_confirmed.max(at);
+                        last_ack = last_ack.max(ack);
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        first_failure.get_or_insert_with(|| format!("{err:#}"));
+                    }
+                }
+            }
+            let elapsed = (last_confirmed - start.into_std()).as_secs_f64();
+            let rate = confirmed as f64 / elapsed;
+            eprintln!(
+                "  saga at {:.0}/s: {confirmed} confirmed, {rate:.0} confirmed/s",
+                s.saga_rate
+            );
+            confirmed_rates.push(rate);
+            placed_rates.push(n as f64 / s.saga_seconds);
+            self.settle(s.settle_timeout).await?;
+        }
+        let mut saga_note = format!(
+            "offered {:.0} orders/s for {:.0} s; POST -> `confirmed` read from the query API, polled every 10 ms (50 ms after 250 ms)",
+            s.saga_rate, s.saga_seconds
+        );
+        if let Some(e) = error_note(failures, &first_failure) {
+            saga_note.push_str("; ");
+            saga_note.push_str(&e);
+        }
+        Ok(vec![
+            Row::measured(
+                "3. full saga, orders confirmed",
+                "ops/s",
+                &confirmed_rates,
+                &mut end_to_end,
+            )
+            .target(Target {
+                max_p99_ms: Some(200.0),
+                ..Target::default()
+            })
+            .note(saga_note),
+            Row::measured(
+                "4. projection lag under load",
+                "ops/s",
+                &placed_rates,
+                &mut lags,
+            )
+            .target(Target {
+                max_p99_ms: Some(50.0),
+                ..Target::default()
+            })
+            .note(
+                "commands offered per second; lag: POST acknowledged -> read with its token answered",
+            ),
+        ])
+    }
+
+    /// Case 6: orders read by id from the query API.
+    pub async fn reads(&self, s: &Settings, order_ids: &[String]) -> anyhow::Result<Row> {
+        if order_ids.is_empty() {
+            bail!("no orders to read");
+        }
+        let ids = Arc::new(order_ids.to_vec());
+        let c = s.read_concurrency;
+        let mut rates = Vec::new();
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        let mut first_error = None;
+        for _ in 0..s.runs {
+            let (client, read, ids) = (self.client.clone(), self.read.clone(), ids.clone());
+            let run = closed_loop(c, Duration::from_secs_f64(s.seconds), move || {
+                let (client, read, ids) = (client.clone(), read.clone(), ids.clone());
+                async move {
+                    let id = &ids[rand::rng().random_range(0..ids.len())];
+                    let response = client.get(format!("{read}/orders/{id}")).send().await?;
+                    if response.status() != reqwest::StatusCode::OK {
+                        bail!("GET /orders/{id}: {}", response.status());
+                    }
+                    response.bytes().await?;
+                    Ok(String::new())
+                }
+            })
+            .await;
+            eprintln!("  reads c={c}: {:.0} reads/s", run.rate());
+            rates.push(run.rate());
+            latencies.extend(run.latencies);
+            errors += run.errors;
+            first_error = first_error.or(run.first_error);
+        }
+        let mut row = Row::measured("6. query API: order by id", "ops/s", &rates, &mut latencies)
+            .concurrency(c)
+            .baseline(format!("pgbench.select.c{c}"))
+            .target(Target {
+                min_ratio: Some(0.5),
+                max_p99_ms: Some(5.0),
+                ..Target::default()
+            });
+        let mut note = format!("{} distinct orders", ids.len());
+        if let Some(e) = error_note(errors, &first_error) {
+            note.push_str("; ");
+            note.push_str(&e);
+        }
+        row = row.note(note);
+        Ok(row)
+    }
+}
+
+/// Case 7: each service's peak resident set (VmHWM) since it started.
+pub fn peak_rss(services: &[(String, u32)]) -> anyhow::Result<Vec<Row>> {
+    services
+        .iter()
+        .map(|(name, pid)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .with_context(|| format!("{name} (pid {pid}) is not running"))?;
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .context("no VmHWM in /proc/PID/status")?;
+            let mb = kib / 1024.0;
+            Ok(
+                Row::measured(&format!("7. peak RSS: {name}"), "MB", &[mb], &mut []).target(
+                    Target {
+                        max_value: Some(64.0),
+                        ..Target::default()
+                    },
+                ),
+            )
+        })
+        .collect()
+}

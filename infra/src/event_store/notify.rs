@@ -1,0 +1,76 @@
+//! Wakes the log's followers (projectors, the saga trigger, the Kafka relay) after appends
+//! commit, without slowing the appends down.
+//!
+//! A NOTIFY inside the appending transaction (a trigger on `events`, as this store first
+//! had) makes every such commit take PostgreSQL's global notification lock, held through the
+//! WAL flush: concurrent appends then commit one at a time, and group commit is lost
+//! (measured: 1.9 ms instead of 0.66 ms per single-event append at concurrency 1, and a
+//! ceiling of about 450 appends/s at concurrency 32). So the executor signals after its
+//! commit instead, and a background task per notifier sends `pg_notify` on its own
+//! connection, outside any appending transaction, coalescing: the commits that happen while
+//! one notification is on its way share the next one. A lost signal (a crash between commit
+//! and notify, an append made outside the executor) only delays followers until their
+//! polling fallback, never loses an event: followers read the log, not the notifications.
+
+use std::sync::{Arc, OnceLock};
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::channels;
+
+/// Sends coalesced `ordo_events` notifications. Cheap to clone; clones share the task.
+#[derive(Debug, Clone)]
+pub struct AppendNotifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    pending: Notify,
+    task: OnceLock<()>,
+}
+
+impl AppendNotifier {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                pending: Notify::new(),
+                task: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Records that events were committed; followers are notified shortly. Never blocks.
+    /// Must be called from within a Tokio runtime (the task starts on first use).
+    pub fn committed(&self) {
+        self.inner.task.get_or_init(|| {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                loop {
+                    // A permit is stored when nobody waits, so commits made while a
+                    // notification was on its way are covered by the next one.
+                    inner.pending.notified().await;
+                    if inner.pool.is_closed() {
+                        return;
+                    }
+                    if let Err(err) = notify(&inner.pool).await {
+                        tracing::debug!(error = %err, "could not notify followers; they will poll");
+                    }
+                }
+            });
+        });
+        self.inner.pending.notify_one();
+    }
+}
+
+/// One `ordo_events` notification, in a transaction of its own.
+pub async fn notify(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(channels::EVENTS)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,6 +26,9 @@ pub struct Settings {
     pub read_concurrency: u32,
     pub saga_rate: f64,
     pub saga_seconds: f64,
+    /// Orders per closed-loop run at most (every order starts a saga the system must
+    /// finish before the next run): bounds how long a run of the benchmark takes.
+    pub max_orders: Option<u64>,
     pub settle_timeout: Duration,
 }
 
@@ -56,21 +60,31 @@ impl Run {
     }
 }
 
-/// `concurrency` workers each send requests back to back until `duration` is over.
-async fn closed_loop<F, Fut>(concurrency: u32, duration: Duration, request: F) -> Run
+/// `concurrency` workers each send requests back to back until `duration` is over or, when
+/// `max_requests` is set, that many requests were sent.
+async fn closed_loop<F, Fut>(
+    concurrency: u32,
+    duration: Duration,
+    max_requests: Option<u64>,
+    request: F,
+) -> Run
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<String>> + Send,
 {
     let request = Arc::new(request);
+    let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
         let request = request.clone();
+        let sent = sent.clone();
         workers.spawn(async move {
             let mut run = Run::default();
-            while Instant::now() < deadline {
+            while Instant::now() < deadline
+                && max_requests.is_none_or(|max| sent.fetch_add(1, Ordering::Relaxed) < max)
+            {
                 let sent = Instant::now();
                 match request().await {
                     Ok(output) => {
@@ -185,7 +199,7 @@ impl Load {
     }
 
     /// Waits until the system is idle: no saga has a step due, the log's head has not moved
-    /// for a second, and every projection has applied it.
+    /// for half a second, and every projection has applied it.
     pub async fn settle(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last_head = -1i64;
@@ -218,7 +232,7 @@ impl Load {
                 last_head = head;
                 still_since = Instant::now();
             }
-            if busy_sagas == 0 && behind == 0 && still_since.elapsed() >= Duration::from_secs(1) {
+            if busy_sagas == 0 && behind == 0 && still_since.elapsed() >= Duration::from_millis(500) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -226,7 +240,7 @@ impl Load {
                     "the system did not settle within {timeout:?}: {busy_sagas} sagas busy, {behind} projections behind"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -245,7 +259,7 @@ impl Load {
             for _ in 0..s.runs {
                 let (client, write, skus) =
                     (self.client.clone(), self.write.clone(), self.skus.clone());
-                let run = closed_loop(c, Duration::from_secs_f64(s.seconds), move || {
+                let run = closed_loop(c, Duration::from_secs_f64(s.seconds), s.max_orders, move || {
                     let (client, write, skus) = (client.clone(), write.clone(), skus.clone());
                     async move {
                         let sku = &skus[rand::rng().random_range(0..skus.len())];
@@ -296,6 +310,7 @@ impl Load {
             let run = closed_loop(
                 s.hot_concurrency,
                 Duration::from_secs_f64(s.seconds),
+                s.max_orders,
                 move || {
                     let (client, write, sku) = (client.clone(), write.clone(), sku.clone());
                     async move { Ok(Self::place(&client, &write, &sku).await?.0) }
@@ -508,7 +523,7 @@ impl Load {
         let mut first_error = None;
         for _ in 0..s.runs {
             let (client, read, ids) = (self.client.clone(), self.read.clone(), ids.clone());
-            let run = closed_loop(c, Duration::from_secs_f64(s.seconds), move || {
+            let run = closed_loop(c, Duration::from_secs_f64(s.seconds), None, move || {
                 let (client, read, ids) = (client.clone(), read.clone(), ids.clone());
                 async move {
                     let id = &ids[rand::rng().random_range(0..ids.len())];

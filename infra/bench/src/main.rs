@@ -69,6 +69,10 @@ enum Phase {
         saga_rate: f64,
         #[arg(long, default_value_t = 5.0)]
         saga_seconds: f64,
+        /// Orders per closed-loop run at most; each starts a saga that must finish before
+        /// the next run.
+        #[arg(long)]
+        max_orders: Option<u64>,
         /// Services whose peak RSS is reported, as NAME=PID.
         #[arg(long = "service", value_parser = parse_service)]
         services: Vec<(String, u32)>,
@@ -164,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             saga_rate,
             saga_seconds,
+            max_orders,
             services,
             out,
         } => {
@@ -175,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
                 read_concurrency,
                 saga_rate,
                 saga_seconds,
+                max_orders,
                 settle_timeout: Duration::from_secs(120),
             };
             let pool = pool(&database_url).await?;

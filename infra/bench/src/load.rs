@@ -232,7 +232,8 @@ impl Load {
                 last_head = head;
                 still_since = Instant::now();
             }
-            if busy_sagas == 0 && behind == 0 && still_since.elapsed() >= Duration::from_millis(500) {
+            if busy_sagas == 0 && behind == 0 && still_since.elapsed() >= Duration::from_millis(500)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -259,13 +260,18 @@ impl Load {
             for _ in 0..s.runs {
                 let (client, write, skus) =
                     (self.client.clone(), self.write.clone(), self.skus.clone());
-                let run = closed_loop(c, Duration::from_secs_f64(s.seconds), s.max_orders, move || {
-                    let (client, write, skus) = (client.clone(), write.clone(), skus.clone());
-                    async move {
-                        let sku = &skus[rand::rng().random_range(0..skus.len())];
-                        Ok(Self::place(&client, &write, sku).await?.0)
-                    }
-                })
+                let run = closed_loop(
+                    c,
+                    Duration::from_secs_f64(s.seconds),
+                    s.max_orders,
+                    move || {
+                        let (client, write, skus) = (client.clone(), write.clone(), skus.clone());
+                        async move {
+                            let sku = &skus[rand::rng().random_range(0..skus.len())];
+                            Ok(Self::place(&client, &write, sku).await?.0)
+                        }
+                    },
+                )
                 .await;
                 eprintln!("  place orders c={c}: {:.0} orders/s", run.rate());
                 rates.push(run.rate());

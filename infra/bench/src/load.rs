@@ -481,7 +481,7 @@ impl Load {
             self.settle(s.settle_timeout).await?;
         }
         let mut saga_note = format!(
-            "offered {:.0} orders/s for {:.0} s; POST -> `confirmed` read from the query API, polled every 10 ms (50 ms after 250 ms)",
+            "offered {:.0} orders/s for {:.1} s; POST -> `confirmed` read from the query API, polled every 10 ms (50 ms after 250 ms)",
             s.saga_rate, s.saga_seconds
         );
         if let Some(e) = error_note(failures, &first_failure) {

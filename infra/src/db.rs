@@ -36,9 +36,14 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
 /// Session settings every connection of ours carries:
 /// - `lock_timeout` bounds how long a command waits behind another transaction (the first
 ///   request of an idempotency key, or a writer of the same aggregate in another process);
-/// - `statement_timeout` turns a runaway query into an error instead of a stuck worker.
+/// - `statement_timeout` turns a runaway query into an error instead of a stuck worker;
+/// - `jit = off`: our statements are short, and PostgreSQL's cost-based JIT (on by default
+///   since 13) compiled the projection status query (its plan is costed at millions for a
+///   `count(*)` with a high `LIMIT`) on every call: 270-870 ms per call, and an eighth of
+///   all CPU under benchmark load went to LLVM (BENCHMARKS.md).
 pub fn tune(options: PgConnectOptions, settings: &DatabaseSettings) -> PgConnectOptions {
     options.options([
+        ("jit", "off".to_owned()),
         (
             "lock_timeout",
             format!("{}ms", settings.lock_timeout.as_millis()),

@@ -208,8 +208,8 @@ impl Load {
             let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
                 .fetch_one(&self.pool)
                 .await?;
-            let busy_sagas: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM fulfillment_sagas WHERE due_at IS NOT NULL",
+            let busy_sagas: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM fulfillment_sagas WHERE due_at IS NOT NULL)",
             )
             .fetch_one(&self.pool)
             .await?;
@@ -232,13 +232,12 @@ impl Load {
                 last_head = head;
                 still_since = Instant::now();
             }
-            if busy_sagas == 0 && behind == 0 && still_since.elapsed() >= Duration::from_millis(500)
-            {
+            if !busy_sagas && behind == 0 && still_since.elapsed() >= Duration::from_millis(500) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the system did not settle within {timeout:?}: {busy_sagas} sagas busy, {behind} projections behind"
+                    "the system did not settle within {timeout:?}: sagas busy: {busy_sagas}, {behind} projections behind"
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

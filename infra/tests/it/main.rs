@@ -3,6 +3,7 @@
 
 mod catalog;
 mod commands;
+mod db;
 mod global_log;
 mod helpers;
 mod kafka;

@@ -5,13 +5,19 @@
 //!   conflicts with itself: conflicts come only from other processes;
 //! - expected versions (`If-Match`);
 //! - idempotency keys, recorded in the same transaction as the events, so a retried
-//!   request replays the first outcome and appends nothing.
+//!   request replays the first outcome and appends nothing;
+//! - a cache of the states this executor committed, so a command on an aggregate the process
+//!   just wrote skips the load. The cache is only ever a guess: a stale state (another
+//!   process appended since) loses at the events table's primary key like any racing writer
+//!   and is reloaded, and a rejection, a no-op or a version mismatch decided on a cached
+//!   state is decided again on a fresh load before it is reported.
 //!
 //! Not here: what the HTTP status of each outcome is (`write-side`), and the rules
 //! (`domain`). The executor knows aggregates only through the cqrs-es `Aggregate` trait.
 
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cqrs_es::Aggregate;
@@ -137,26 +143,93 @@ pub struct ExecutorPolicy {
     /// Attempts per command when other processes win the race for a version.
     pub max_attempts: u32,
     pub snapshot: Option<SnapshotPolicy>,
+    /// Committed states kept in memory (0: none); see the module's documentation.
+    pub cached_states: usize,
 }
 
 impl ExecutorPolicy {
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+    pub const DEFAULT_CACHED_STATES: usize = 4096;
 
     pub fn without_snapshots() -> Self {
         Self {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             snapshot: None,
+            cached_states: Self::DEFAULT_CACHED_STATES,
         }
     }
 
     pub fn with_snapshots(every: u64, state_version: i32) -> Self {
         Self {
-            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             snapshot: Some(SnapshotPolicy {
                 every,
                 state_version,
             }),
+            ..Self::without_snapshots()
         }
+    }
+
+    /// The same policy without the state cache: every command loads its aggregate.
+    pub fn uncached(self) -> Self {
+        Self {
+            cached_states: 0,
+            ..self
+        }
+    }
+}
+
+/// A state this executor committed.
+#[derive(Clone)]
+struct Cached<A> {
+    aggregate: A,
+    version: u64,
+    position: Option<i64>,
+}
+
+/// Committed states by aggregate id, at most `capacity`, the oldest entry evicted first.
+struct StateCache<A> {
+    capacity: usize,
+    map: HashMap<String, Cached<A>>,
+    order: VecDeque<String>,
+}
+
+impl<A: Clone> StateCache<A> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Cached<A>> {
+        self.map.get(id).cloned()
+    }
+
+    fn put(&mut self, id: &str, cached: Cached<A>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(id.to_owned(), cached).is_none() {
+            self.order.push_back(id.to_owned());
+        }
+        while self.map.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.map.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        // Ids removed by `forget` leave stale entries in `order`; drop them now and then.
+        if self.order.len() > 2 * self.capacity.max(self.map.len()) {
+            let map = &self.map;
+            self.order.retain(|id| map.contains_key(id));
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.map.remove(id);
     }
 }
 
@@ -169,6 +242,7 @@ pub struct CommandExecutor<A: Aggregate> {
     locks: KeyedLocks,
     notifier: AppendNotifier,
     upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
+    cache: Arc<Mutex<StateCache<A>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -181,6 +255,7 @@ impl<A: Aggregate> Clone for CommandExecutor<A> {
             locks: self.locks.clone(),
             notifier: self.notifier.clone(),
             upcasters: self.upcasters.clone(),
+            cache: self.cache.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -195,15 +270,19 @@ impl<A: Aggregate> std::fmt::Debug for CommandExecutor<A> {
     }
 }
 
-enum Attempt<E: std::error::Error + 'static, V> {
-    Done(Committed, Vec<V>),
+enum Attempt<A: Aggregate>
+where
+    A::Error: 'static,
+{
+    /// With the state to cache once the transaction commits (none for a replay).
+    Done(Committed, Vec<A::Event>, Option<Cached<A>>),
     Conflict,
-    Failed(ExecuteError<E>),
+    Failed(ExecuteError<A::Error>),
 }
 
 impl<A> CommandExecutor<A>
 where
-    A: Aggregate,
+    A: Aggregate + Clone,
     A::Command: Clone,
     A::Error: 'static,
 {
@@ -215,6 +294,7 @@ where
             policy,
             locks: KeyedLocks::new(),
             upcasters: Arc::new(Vec::new()),
+            cache: Arc::new(Mutex::new(StateCache::new(policy.cached_states))),
             _aggregate: PhantomData,
         }
     }
@@ -223,6 +303,12 @@ where
     pub fn with_upcasters(mut self, upcasters: Vec<Box<dyn EventUpcaster>>) -> Self {
         self.upcasters = Arc::new(upcasters);
         self
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, StateCache<A>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `command` against aggregate `aggregate_id`.
@@ -258,7 +344,7 @@ where
         let mut attempt = 1;
         loop {
             match self.attempt(aggregate_id, command.clone(), &options).await {
-                Attempt::Done(committed, events) => return Ok((committed, events)),
+                Attempt::Done(committed, events, _) => return Ok((committed, events)),
                 Attempt::Failed(err) => return Err(err),
                 Attempt::Conflict if attempt >= self.policy.max_attempts => {
                     return Err(ExecuteError::Conflict { attempts: attempt });
@@ -277,7 +363,7 @@ where
         aggregate_id: &str,
         command: A::Command,
         options: &CommandOptions,
-    ) -> Attempt<A::Error, A::Event> {
+    ) -> Attempt<A> {
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(source) => {
@@ -291,7 +377,7 @@ where
             }
         };
         match self.run(&mut tx, aggregate_id, command, options).await {
-            Attempt::Done(committed, events) => {
+            Attempt::Done(committed, events, cached) => {
                 if committed.replayed {
                     // Nothing was written.
                     if let Err(source) = tx.rollback().await {
@@ -303,14 +389,17 @@ where
                             .into(),
                         );
                     }
-                    return Attempt::Done(committed, events);
+                    return Attempt::Done(committed, events, None);
                 }
                 match tx.commit().await {
                     Ok(()) => {
                         if committed.appended > 0 {
                             self.notifier.committed();
                         }
-                        Attempt::Done(committed, events)
+                        if let Some(cached) = cached {
+                            self.cache().put(aggregate_id, cached);
+                        }
+                        Attempt::Done(committed, events, None)
                     }
                     Err(source) => Attempt::Failed(
                         StoreError::Transaction {
@@ -322,6 +411,10 @@ where
                 }
             }
             other => {
+                if matches!(other, Attempt::Conflict) {
+                    // Maybe the cached state was stale: another process appended.
+                    self.cache().forget(aggregate_id);
+                }
                 // Roll back now rather than on the connection's next use: the transaction may
                 // hold an idempotency key that concurrent retries are waiting for.
                 let _ = tx.rollback().await;
@@ -336,58 +429,85 @@ where
         aggregate_id: &str,
         command: A::Command,
         options: &CommandOptions,
-    ) -> Attempt<A::Error, A::Event> {
+    ) -> Attempt<A> {
         if let Some(idempotency) = &options.idempotency {
             match claim_key(conn, idempotency, A::TYPE, aggregate_id).await {
                 Ok(Claim::Claimed) => {}
-                Ok(Claim::Replay(committed)) => return Attempt::Done(committed, Vec::new()),
+                Ok(Claim::Replay(committed)) => {
+                    return Attempt::Done(committed, Vec::new(), None);
+                }
                 Err(err) => return Attempt::Failed(err.into_execute_error()),
             }
         }
-        let loaded = match stream::load::<A>(
-            conn,
-            aggregate_id,
-            self.policy.snapshot,
-            &self.upcasters,
-        )
-        .await
-        {
-            Ok(loaded) => loaded,
-            Err(err) => return Attempt::Failed(err.into()),
+        let mut cached = self.cache().get(aggregate_id);
+        let ((loaded_version, loaded_position), aggregate, events) = loop {
+            let from_cache = cached.is_some();
+            let loaded = match cached.take() {
+                Some(cached) => stream::Loaded {
+                    aggregate: cached.aggregate,
+                    version: cached.version,
+                    last_position: cached.position,
+                },
+                None => match stream::load::<A>(
+                    conn,
+                    aggregate_id,
+                    self.policy.snapshot,
+                    &self.upcasters,
+                )
+                .await
+                {
+                    Ok(loaded) => loaded,
+                    Err(err) => return Attempt::Failed(err.into()),
+                },
+            };
+            if let Some(expected) = options.expected_version
+                && !expected.admits(loaded.version)
+            {
+                if from_cache {
+                    continue;
+                }
+                return Attempt::Failed(ExecuteError::VersionMismatch {
+                    expected,
+                    actual: loaded.version,
+                });
+            }
+            let mut aggregate = loaded.aggregate;
+            let sink = EventSink::default();
+            if let Err(rejection) = aggregate
+                .handle(command.clone(), &self.services, &sink)
+                .await
+            {
+                if from_cache {
+                    continue;
+                }
+                return Attempt::Failed(ExecuteError::Rejected(rejection));
+            }
+            let events = sink.collect().await;
+            if events.is_empty() && from_cache {
+                // A no-op is an answer about the current state: confirm it on a fresh load.
+                continue;
+            }
+            break ((loaded.version, loaded.last_position), aggregate, events);
         };
-        if let Some(expected) = options.expected_version
-            && !expected.admits(loaded.version)
-        {
-            return Attempt::Failed(ExecuteError::VersionMismatch {
-                expected,
-                actual: loaded.version,
-            });
-        }
-        let mut aggregate = loaded.aggregate;
-        let sink = EventSink::default();
-        if let Err(rejection) = aggregate.handle(command, &self.services, &sink).await {
-            return Attempt::Failed(ExecuteError::Rejected(rejection));
-        }
-        let events = sink.collect().await;
         let (version, position) = if events.is_empty() {
-            let position = match loaded.last_position {
+            let position = match loaded_position {
                 Some(position) => Some(position),
-                None if loaded.version == 0 => None,
+                None if loaded_version == 0 => None,
                 None => {
                     let stream = StreamId::new(A::TYPE, aggregate_id);
-                    match stream::position_of(conn, &stream, loaded.version).await {
+                    match stream::position_of(conn, &stream, loaded_version).await {
                         Ok(position) => position,
                         Err(err) => return Attempt::Failed(err.into()),
                     }
                 }
             };
-            (loaded.version, position)
+            (loaded_version, position)
         } else {
             let mut metadata = options.metadata.clone();
             if let Some(idempotency) = &options.idempotency {
                 metadata.idempotency_key = Some(idempotency.key.clone());
             }
-            match stream::append::<A>(conn, aggregate_id, loaded.version, &events, &metadata).await
+            match stream::append::<A>(conn, aggregate_id, loaded_version, &events, &metadata).await
             {
                 Ok(appended) => (appended.version, Some(appended.last_position)),
                 Err(AppendError::Conflict { .. }) => return Attempt::Conflict,
@@ -395,7 +515,7 @@ where
             }
         };
         if let Some(policy) = self.policy.snapshot
-            && stream::snapshot_due(policy, loaded.version, version)
+            && stream::snapshot_due(policy, loaded_version, version)
             && let Err(err) =
                 stream::save_snapshot(conn, aggregate_id, &aggregate, version, policy).await
         {
@@ -413,7 +533,12 @@ where
         {
             return Attempt::Failed(err.into());
         }
-        Attempt::Done(committed, events)
+        let cached = Cached {
+            aggregate,
+            version,
+            position,
+        };
+        Attempt::Done(committed, events, Some(cached))
     }
 }
 

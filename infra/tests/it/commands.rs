@@ -251,7 +251,7 @@ async fn writers_in_two_processes_conflict_retry_and_lose_nothing(pool: PgPool) 
     registered_item(&pool, "HOT").await;
     let policy = ExecutorPolicy {
         max_attempts: 50,
-        snapshot: None,
+        ..ExecutorPolicy::without_snapshots()
     };
     let processes = [inventory(&pool, policy), inventory(&pool, policy)];
     let tasks: Vec<_> = (0..40)
@@ -298,7 +298,7 @@ async fn a_writer_that_keeps_losing_gives_up_with_a_conflict(
         &pool,
         ExecutorPolicy {
             max_attempts: 2,
-            snapshot: None,
+            ..ExecutorPolicy::without_snapshots()
         },
     );
     let err = items
@@ -373,4 +373,105 @@ async fn an_append_notifies_followers_after_it_commits(pool: PgPool) {
         .expect("a notification within 2 s of the commit")
         .unwrap();
     assert_eq!(notification.channel(), infra::channels::EVENTS);
+}
+
+fn reserve(order: u8, units: u32) -> domain::inventory::InventoryCommand {
+    domain::inventory::InventoryCommand::Reserve {
+        order_id: domain::ids::OrderId::from(uuid::Uuid::from_bytes([order; 16])),
+        quantity: domain::money::Quantity::new(units).expect("quantity"),
+        at: crate::helpers::t(2),
+    }
+}
+
+/// Two executors stand for two processes, each with its own cache of the states it
+/// committed: what one appends, the other's cache does not know.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_cached_state_made_stale_by_another_process_loses_the_race_and_is_reloaded(pool: PgPool) {
+    let here = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let there = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let none = CommandOptions::default;
+    here.execute("SKU", register("SKU", 1), none())
+        .await
+        .unwrap();
+    there.execute("SKU", restock(2), none()).await.unwrap();
+    // `here` has version 1 cached; its append at version 2 collides and it reloads.
+    let third = here.execute("SKU", restock(3), none()).await.unwrap();
+    assert_eq!((third.version, third.appended), (3, 1));
+    assert_eq!(on_hand(&pool, "SKU").await, 6);
+    // And the next command on `here` runs on the state it just committed.
+    let fourth = here.execute("SKU", restock(4), none()).await.unwrap();
+    assert_eq!(fourth.version, 4);
+    assert_eq!(on_hand(&pool, "SKU").await, 10);
+    assert_eq!(event_count(&pool).await, 4);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn rejections_and_version_mismatches_on_a_cached_state_are_confirmed_on_a_fresh_load(
+    pool: PgPool,
+) {
+    let here = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let there = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let none = CommandOptions::default;
+    here.execute("SKU", register("SKU", 1), none())
+        .await
+        .unwrap();
+    here.execute("SKU", reserve(1, 1), none()).await.unwrap();
+    there.execute("SKU", restock(5), none()).await.unwrap();
+    // On `here`'s cached state nothing is available; in truth 5 are.
+    let reserved = here.execute("SKU", reserve(2, 2), none()).await.unwrap();
+    assert_eq!((reserved.version, reserved.appended), (4, 1));
+    // A rejection that holds on the fresh state is still reported, and stores nothing.
+    let err = here
+        .execute("SKU", reserve(3, 100), none())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecuteError::Rejected(InventoryError::InsufficientStock { .. })
+        ),
+        "{err:?}"
+    );
+    // `If-Match` checked against the database, not the cache.
+    there.execute("SKU", restock(1), none()).await.unwrap();
+    let expected = CommandOptions {
+        expected_version: Some(ExpectedVersion::Exactly(5)),
+        ..none()
+    };
+    let matched = here.execute("SKU", restock(1), expected).await.unwrap();
+    assert_eq!(matched.version, 6);
+    let stale = CommandOptions {
+        expected_version: Some(ExpectedVersion::Exactly(5)),
+        ..none()
+    };
+    let err = here.execute("SKU", restock(1), stale).await.unwrap_err();
+    assert!(
+        matches!(err, ExecuteError::VersionMismatch { actual: 6, .. }),
+        "{err:?}"
+    );
+    assert_eq!(event_count(&pool).await, 6);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_no_op_on_a_cached_state_is_confirmed_on_a_fresh_load(pool: PgPool) {
+    let here = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let there = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let none = CommandOptions::default;
+    here.execute("SKU", register("SKU", 5), none())
+        .await
+        .unwrap();
+    here.execute("SKU", reserve(1, 2), none()).await.unwrap();
+    let release = || domain::inventory::InventoryCommand::Release {
+        order_id: domain::ids::OrderId::from(uuid::Uuid::from_bytes([1; 16])),
+        at: crate::helpers::t(3),
+    };
+    there.execute("SKU", release(), none()).await.unwrap();
+    // `here` still sees the reservation: reserving it again would be a no-op there, but
+    // the reservation was released, so it is made anew.
+    let again = here.execute("SKU", reserve(1, 2), none()).await.unwrap();
+    assert_eq!((again.version, again.appended), (4, 1));
+    // A release of a released reservation is a no-op, answered with the current version.
+    there.execute("SKU", release(), none()).await.unwrap();
+    let noop = here.execute("SKU", release(), none()).await.unwrap();
+    assert_eq!((noop.version, noop.appended), (5, 0));
 }

@@ -19,17 +19,14 @@ use domain::ports::{
 };
 use domain::rejection::Rejection;
 use domain::text::DeclineReason;
-use infra::commands::{
-    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, IdempotencyKey,
-};
+use infra::commands::{CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy};
 use infra::event_store::{EventLog, EventMetadata};
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::order_fulfillment::{Action, Fulfillment, Outcome, Stage, apply, next_action};
+use super::order_fulfillment::{Action, Fulfillment, Outcome, Signals, Stage, apply, next_action};
 use super::store::{self, Claimed, Save};
 
 /// How a runner works.
@@ -244,14 +241,17 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                 return;
             };
             let stage_before = claimed.saga.stage.clone();
-            match self.perform(&claimed.saga, &action).await {
+            let mut tx = StepTx::new(&self.pool);
+            match self.perform(&mut tx, &claimed.saga, &action).await {
                 Ok(outcome) => {
                     if self
                         .crash_after
                         .as_ref()
                         .is_some_and(|crash| crash(&action))
                     {
-                        tracing::warn!(action = %action, "crashing on purpose before saving the outcome");
+                        tracing::warn!(action = %action, "crashing on purpose before the step commits");
+                        // What a crash does to the open transaction.
+                        tx.rollback().await;
                         return;
                     }
                     tracing::debug!(action = %action, ?outcome, "saga step done");
@@ -269,7 +269,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                         release: false,
                         lease: self.config.lease,
                     };
-                    match store::save(&self.pool, &self.id, &claimed, save).await {
+                    match tx.save_and_commit(&self.id, &claimed, save).await {
                         Ok(Some((signals, seen))) => {
                             claimed.signals = signals;
                             claimed.seen = seen;
@@ -287,6 +287,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     }
                 }
                 Err(StepError::Transient(error)) => {
+                    tx.rollback().await;
                     let attempts = claimed.attempts.saturating_add(1);
                     let mut due = now
                         + chrono::Duration::from_std(self.backoff(attempts)).unwrap_or_default();
@@ -311,6 +312,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     return;
                 }
                 Err(StepError::Fatal(error)) => {
+                    tx.rollback().await;
                     tracing::error!(action = %action, error, "saga failed; an operator must retry it");
                     claimed.saga.stage = Stage::Failed {
                         error: error.clone(),
@@ -333,25 +335,30 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         }
     }
 
-    /// Command options for a step: its key (and the key's digest as the request), with the
-    /// saga's order as correlation and its starting event as cause.
+    /// Command options for a step: its key as a tag, the saga's order as correlation and its
+    /// starting event as cause.
     fn options(&self, saga: &Fulfillment, step: &str) -> CommandOptions {
         let key = saga.key(step);
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         CommandOptions {
             expected_version: None,
-            // Keys are built from a UUID and a step name: always valid.
-            idempotency: IdempotencyKey::new(&key, digest).ok(),
+            // The step commits with the saga's progress, so it never runs twice and needs no
+            // claimed key (two statements per step); its key still tags its events.
+            idempotency: None,
             metadata: EventMetadata {
                 correlation_id: Some(saga.order_id.as_uuid()),
                 causation_id: Some(saga.placed_event_id),
-                idempotency_key: None,
+                idempotency_key: Some(key),
                 extra: Default::default(),
             },
         }
     }
 
-    async fn perform(&self, saga: &Fulfillment, action: &Action) -> Result<Outcome, StepError> {
+    async fn perform(
+        &self,
+        tx: &mut StepTx<'_>,
+        saga: &Fulfillment,
+        action: &Action,
+    ) -> Result<Outcome, StepError> {
         let order_id = saga.order_id;
         let order = order_id.to_string();
         let at = self.clock.now();
@@ -364,11 +371,10 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     at,
                 };
                 match self
-                    .items
-                    .execute_with_events(sku.as_str(), command, self.options(saga, &step))
+                    .command_in(tx, &self.items, sku.as_str(), command, saga, &step)
                     .await
                 {
-                    Ok((committed, events)) => {
+                    Ok((_, events)) => {
                         let price = events.iter().find_map(|event| match event {
                             InventoryEvent::Reserved { unit_price, .. } => Some(*unit_price),
                             _ => None,
@@ -376,10 +382,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                         let unit_price = match price {
                             Some(price) => price,
                             // A repeated step: the price is in the event it appended the first time.
-                            None => {
-                                self.reserved_price(sku.as_str(), committed.position)
-                                    .await?
-                            }
+                            None => self.reserved_price(sku.as_str(), order_id).await?,
                         };
                         Ok(Outcome::Reserved {
                             sku: sku.clone(),
@@ -399,7 +402,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     lines: lines.clone(),
                     at,
                 };
-                self.order_command(&order, command, saga, &step, Outcome::Recorded)
+                self.order_command(tx, &order, command, saga, &step, Outcome::Recorded)
                     .await
             }
             Action::Authorize { amount } => {
@@ -431,7 +434,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                             authorization_id: authorization_id.clone(),
                             at,
                         };
-                        self.payment_command(&order, command, saga, "payment-authorized")
+                        self.payment_command(tx, &order, command, saga, "payment-authorized")
                             .await?;
                         Ok(Outcome::Authorized(authorization_id))
                     }
@@ -442,7 +445,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                             reason,
                             at,
                         };
-                        self.payment_command(&order, command, saga, "payment-declined")
+                        self.payment_command(tx, &order, command, saga, "payment-declined")
                             .await?;
                         Ok(Outcome::Declined)
                     }
@@ -454,6 +457,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     .await
                     .map_err(gateway_error)?;
                 self.payment_command(
+                    tx,
                     &order,
                     PaymentCommand::Capture { at },
                     saga,
@@ -464,6 +468,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             }
             Action::Confirm => {
                 self.order_command(
+                    tx,
                     &order,
                     OrderCommand::Confirm { at },
                     saga,
@@ -485,8 +490,14 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     .void(authorization, &saga.key("gateway-void"))
                     .await
                     .map_err(gateway_error)?;
-                self.payment_command(&order, PaymentCommand::Void { at }, saga, "payment-voided")
-                    .await?;
+                self.payment_command(
+                    tx,
+                    &order,
+                    PaymentCommand::Void { at },
+                    saga,
+                    "payment-voided",
+                )
+                .await?;
                 Ok(Outcome::Voided)
             }
             Action::Refund {
@@ -503,14 +514,13 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     amount: *amount,
                     at,
                 };
-                self.payment_command(&order, command, saga, "payment-refunded")
+                self.payment_command(tx, &order, command, saga, "payment-refunded")
                     .await?;
                 Ok(Outcome::Refunded)
             }
             Action::Release { sku } => {
                 let command = InventoryCommand::Release { order_id, at };
-                self.items
-                    .execute(sku.as_str(), command, self.options(saga, &step))
+                self.command_in(tx, &self.items, sku.as_str(), command, saga, &step)
                     .await
                     .map_err(executor_error)?;
                 Ok(Outcome::Released { sku: sku.clone() })
@@ -520,13 +530,12 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     reason: *reason,
                     at,
                 };
-                self.order_command(&order, command, saga, &step, Outcome::OrderCancelled)
+                self.order_command(tx, &order, command, saga, &step, Outcome::OrderCancelled)
                     .await
             }
             Action::Commit { sku } => {
                 let command = InventoryCommand::Commit { order_id, at };
-                self.items
-                    .execute(sku.as_str(), command, self.options(saga, &step))
+                self.command_in(tx, &self.items, sku.as_str(), command, saga, &step)
                     .await
                     .map_err(executor_error)?;
                 Ok(Outcome::Committed { sku: sku.clone() })
@@ -537,6 +546,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
     /// Runs an order command; a refusal because the customer cancelled is an outcome.
     async fn order_command(
         &self,
+        tx: &mut StepTx<'_>,
         order: &str,
         command: OrderCommand,
         saga: &Fulfillment,
@@ -544,8 +554,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         success: Outcome,
     ) -> Result<Outcome, StepError> {
         match self
-            .orders
-            .execute(order, command, self.options(saga, step))
+            .command_in(tx, &self.orders, order, command, saga, step)
             .await
         {
             Ok(_) => Ok(success),
@@ -558,38 +567,148 @@ impl<G: PaymentGateway + 'static> Runner<G> {
 
     async fn payment_command(
         &self,
+        tx: &mut StepTx<'_>,
         order: &str,
         command: PaymentCommand,
         saga: &Fulfillment,
         step: &str,
     ) -> Result<(), StepError> {
-        self.payments
-            .execute(order, command, self.options(saga, step))
+        self.command_in(tx, &self.payments, order, command, saga, step)
             .await
             .map(|_| ())
             .map_err(executor_error)
     }
 
-    /// The unit price recorded by the reservation event at `position`.
+    /// The unit price this order's reservation of `sku` recorded (the step is a repeat: the
+    /// reservation exists, made by an earlier run of it).
     async fn reserved_price(
         &self,
         sku: &str,
-        position: Option<i64>,
+        order_id: domain::ids::OrderId,
     ) -> Result<domain::money::Money, StepError> {
-        let missing = || StepError::Fatal(format!("no reservation event found for {sku}"));
-        let position = position.ok_or_else(missing)?;
-        let stored = self
+        let stream = self
             .log
-            .event_at(position)
+            .read_stream(InventoryItem::TYPE, sku)
             .await
-            .map_err(|err| StepError::Transient(infra::telemetry::err_chain(&err)))?
-            .ok_or_else(missing)?;
-        if stored.aggregate_type != InventoryItem::TYPE {
-            return Err(missing());
+            .map_err(|err| StepError::Transient(infra::telemetry::err_chain(&err)))?;
+        stream
+            .into_iter()
+            .rev()
+            .find_map(
+                |stored| match serde_json::from_value::<InventoryEvent>(stored.payload) {
+                    Ok(InventoryEvent::Reserved {
+                        order_id: reserved_for,
+                        unit_price,
+                        ..
+                    }) if reserved_for == order_id => Some(unit_price),
+                    _ => None,
+                },
+            )
+            .ok_or_else(|| {
+                StepError::Fatal(format!(
+                    "no reservation of {sku} for order {order_id} found"
+                ))
+            })
+    }
+
+    /// Runs a step's command in the step's transaction (which the saga's new state joins),
+    /// holding the aggregate's lock until the transaction ends.
+    async fn command_in<A>(
+        &self,
+        tx: &mut StepTx<'_>,
+        executor: &CommandExecutor<A>,
+        aggregate_id: &str,
+        command: A::Command,
+        saga: &Fulfillment,
+        step: &str,
+    ) -> Result<infra::commands::CommittedWithEvents<A>, ExecuteError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        tx.guard = Some(executor.lock(aggregate_id).await);
+        let conn = tx.conn().await.map_err(|source| {
+            ExecuteError::Store(infra::event_store::StoreError::Transaction {
+                operation: "begin",
+                source,
+            })
+        })?;
+        let (done, after) = executor
+            .execute_in(conn, aggregate_id, command, &self.options(saga, step))
+            .await?;
+        let executor = executor.clone();
+        tx.after = Some(Box::new(move || executor.after_commit(after)));
+        Ok(done)
+    }
+}
+
+/// The transaction of one step: begun by the step's command (after any gateway call, so no
+/// transaction waits on the network), joined by the saga's save, so the command's events and
+/// the saga's progress commit together or not at all.
+struct StepTx<'p> {
+    pool: &'p PgPool,
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    guard: Option<infra::keyed_lock::KeyGuard>,
+    after: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<'p> StepTx<'p> {
+    fn new(pool: &'p PgPool) -> Self {
+        Self {
+            pool,
+            tx: None,
+            guard: None,
+            after: None,
         }
-        match serde_json::from_value::<InventoryEvent>(stored.payload) {
-            Ok(InventoryEvent::Reserved { unit_price, .. }) => Ok(unit_price),
-            _ => Err(missing()),
+    }
+
+    async fn conn(&mut self) -> Result<&mut sqlx::PgConnection, sqlx::Error> {
+        if self.tx.is_none() {
+            self.tx = Some(self.pool.begin().await?);
+        }
+        Ok(self.tx.as_mut().expect("begun above"))
+    }
+
+    /// Saves the saga in the step's transaction (or alone, for a step that wrote nothing)
+    /// and commits.
+    async fn save_and_commit(
+        mut self,
+        runner: &str,
+        claimed: &Claimed,
+        save: Save<'_>,
+    ) -> Result<Option<(Signals, i64)>, store::SagaStoreError> {
+        let Some(mut tx) = self.tx.take() else {
+            return store::save(self.pool, runner, claimed, save).await;
+        };
+        let saved = match store::save(&mut *tx, runner, claimed, save).await {
+            Ok(saved) => saved,
+            Err(err) => {
+                let _ = tx.rollback().await;
+                return Err(err);
+            }
+        };
+        if saved.is_none() {
+            // The claim was lost: the step must not take effect either.
+            let _ = tx.rollback().await;
+            return Ok(None);
+        }
+        tx.commit()
+            .await
+            .map_err(|source| store::SagaStoreError::Database {
+                operation: "commit",
+                source,
+            })?;
+        drop(self.guard.take());
+        if let Some(after) = self.after.take() {
+            after();
+        }
+        Ok(saved)
+    }
+
+    async fn rollback(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.rollback().await;
         }
     }
 }

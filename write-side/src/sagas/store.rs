@@ -140,9 +140,10 @@ pub struct Save<'a> {
 }
 
 /// Saves the state if this runner still holds the claim. Returns the current signals, or
-/// `None` when the claim was lost (the lease expired and another runner took the saga).
-pub async fn save(
-    pool: &PgPool,
+/// `None` when the claim was lost (the lease expired and another runner took the saga). On
+/// the pool, or in the transaction of the step whose outcome it saves.
+pub async fn save<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     runner: &str,
     claimed: &Claimed,
     save: Save<'_>,
@@ -174,7 +175,7 @@ pub async fn save(
     .bind(save.last_error)
     .bind(save.release)
     .bind(save.lease.as_millis() as f64)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
     .map_err(database("save"))?;
     row.map(|row| {

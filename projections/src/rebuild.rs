@@ -159,20 +159,19 @@ pub async fn apply_batch(
     let Some(last) = events.last().map(|e| e.checkpoint()) else {
         return Ok((0, checkpoint));
     };
-    let mut decoded = Vec::with_capacity(events.len());
-    for stored in &events {
-        if !projection.handles(stored) {
+    let read = events.len();
+    let mut decoded = Vec::with_capacity(read);
+    // Moved, not cloned: no deep copy of every payload.
+    for stored in events {
+        if !projection.handles(&stored) {
             continue;
         }
-        let event = decode(stored).map_err(|err| RebuildError::Poison {
+        let event = decode(&stored).map_err(|err| RebuildError::Poison {
             event_id: stored.event_id,
             position: stored.position,
             source: ApplyError::Decode(err),
         })?;
-        decoded.push(Decoded {
-            stored: stored.clone(),
-            event,
-        });
+        decoded.push(Decoded { stored, event });
     }
     if !decoded.is_empty()
         && let Err(err) = projection.apply(conn, &decoded).await
@@ -184,7 +183,7 @@ pub async fn apply_batch(
             source: err,
         });
     }
-    Ok((events.len(), last))
+    Ok((read, last))
 }
 
 /// Rows added, removed and changed in `schema`'s copy of each table, against live.

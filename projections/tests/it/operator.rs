@@ -87,6 +87,9 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
                 )
                 .await;
                 n += 1;
+                // A steady stream the live workers can keep up with: unthrottled, a writer
+                // whose states are cached outruns them, and "caught up" never holds.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
             n
         })

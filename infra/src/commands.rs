@@ -93,6 +93,11 @@ pub struct CommandOptions {
     pub expected_version: Option<ExpectedVersion>,
     pub idempotency: Option<IdempotencyKey>,
     pub metadata: EventMetadata,
+    /// The caller just minted the aggregate's id (a random UUID), so the aggregate has no
+    /// events and the load is skipped. Like a cached state this is a guess the database
+    /// checks: if events exist after all, the append collides and the command is decided
+    /// again on a fresh load (as are rejections and no-ops).
+    pub new_aggregate: bool,
 }
 
 /// A command that took effect (or had already taken effect, when `replayed`).
@@ -361,7 +366,13 @@ where
         let _guard = self.locks.lock(aggregate_id).await;
         let mut attempt = 1;
         loop {
-            match self.attempt(aggregate_id, command.clone(), &options).await {
+            // Guesses (a cached state, a new aggregate) only on the first attempt: a conflict
+            // may mean the guess was wrong.
+            let guess = attempt == 1;
+            match self
+                .attempt(aggregate_id, command.clone(), &options, guess)
+                .await
+            {
                 Attempt::Done(committed, events, _) => return Ok((committed, events)),
                 Attempt::Failed(err) => return Err(err),
                 Attempt::Conflict if attempt >= self.policy.max_attempts => {
@@ -397,7 +408,7 @@ where
         command: A::Command,
         options: &CommandOptions,
     ) -> Result<(CommittedWithEvents<A>, AfterCommit<A>), ExecuteError<A::Error>> {
-        match self.run(conn, aggregate_id, command, options).await {
+        match self.run(conn, aggregate_id, command, options, true).await {
             Attempt::Done(committed, events, cached) => {
                 let after = AfterCommit {
                     aggregate_id: aggregate_id.to_owned(),
@@ -430,6 +441,7 @@ where
         aggregate_id: &str,
         command: A::Command,
         options: &CommandOptions,
+        guess: bool,
     ) -> Attempt<A> {
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
@@ -443,7 +455,10 @@ where
                 );
             }
         };
-        match self.run(&mut tx, aggregate_id, command, options).await {
+        match self
+            .run(&mut tx, aggregate_id, command, options, guess)
+            .await
+        {
             Attempt::Done(committed, events, cached) => {
                 if committed.replayed {
                     // Nothing was written.
@@ -496,6 +511,7 @@ where
         aggregate_id: &str,
         command: A::Command,
         options: &CommandOptions,
+        guess: bool,
     ) -> Attempt<A> {
         if let Some(idempotency) = &options.idempotency {
             match claim_key(conn, idempotency, A::TYPE, aggregate_id).await {
@@ -506,7 +522,17 @@ where
                 Err(err) => return Attempt::Failed(err.into_execute_error()),
             }
         }
-        let mut cached = self.cache().get(aggregate_id);
+        let mut cached = if guess {
+            self.cache().get(aggregate_id).or_else(|| {
+                options.new_aggregate.then(|| Cached {
+                    aggregate: A::default(),
+                    version: 0,
+                    position: None,
+                })
+            })
+        } else {
+            None
+        };
         let ((loaded_version, loaded_position), aggregate, events) = loop {
             let from_cache = cached.is_some();
             let loaded = match cached.take() {

@@ -475,3 +475,36 @@ async fn a_no_op_on_a_cached_state_is_confirmed_on_a_fresh_load(pool: PgPool) {
     let noop = here.execute("SKU", release(), none()).await.unwrap();
     assert_eq!((noop.version, noop.appended), (5, 0));
 }
+
+/// `new_aggregate` skips the load for an id the caller just minted; an id that has events
+/// after all is caught by the primary key (or the fresh load behind a rejection).
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_new_aggregate_guess_that_is_wrong_is_corrected_by_the_database(pool: PgPool) {
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots().uncached());
+    let new = || CommandOptions {
+        new_aggregate: true,
+        ..CommandOptions::default()
+    };
+    let first = items
+        .execute("NEW", register("NEW", 1), new())
+        .await
+        .unwrap();
+    assert_eq!((first.version, first.appended), (1, 1));
+    // "NEW" has an event now: a restock guessed on an empty item collides and is redone.
+    let restocked = items.execute("NEW", restock(2), new()).await.unwrap();
+    assert_eq!((restocked.version, restocked.appended), (2, 1));
+    assert_eq!(on_hand(&pool, "NEW").await, 3);
+    // A second registration is refused on the fresh load, not appended.
+    let err = items
+        .execute("NEW", register("NEW", 5), new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecuteError::Rejected(InventoryError::AlreadyRegistered)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(event_count(&pool).await, 2);
+}

@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 use http_kit::ProblemBody as Problem;
 
+use infra::commands::CommandOptions;
+
 use crate::http::error::ApiError;
 use crate::http::extract::{CommandBody, CommandRequest};
 use crate::http::response::{Accepted, OrderAccepted};
@@ -158,9 +160,14 @@ pub async fn place_order(
         catalog,
         at: app.clock.now(),
     };
+    // The id was minted above: there is nothing to load.
+    let options = CommandOptions {
+        new_aggregate: true,
+        ..request.options
+    };
     let committed = app
         .orders
-        .execute(&order_id.to_string(), command, request.options)
+        .execute(&order_id.to_string(), command, options)
         .await
         .map_err(ApiError::from_execute)?;
     Ok(Accepted::order(StatusCode::CREATED, committed))

@@ -121,6 +121,7 @@ impl<S: Send + Sync, T: CommandBody> FromRequest<S> for CommandRequest<T> {
                 expected_version,
                 idempotency,
                 metadata,
+                new_aggregate: false,
             },
         })
     }

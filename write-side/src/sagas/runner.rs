@@ -350,6 +350,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                 idempotency_key: Some(key),
                 extra: Default::default(),
             },
+            new_aggregate: false,
         }
     }
 

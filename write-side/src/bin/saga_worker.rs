@@ -42,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
         pool.clone(),
         Arc::new(gateway),
         Arc::new(SystemClock),
-        RunnerConfig::new(settings.saga.payment_deadline),
+        RunnerConfig {
+            concurrency: settings.saga.concurrency.get(),
+            ..RunnerConfig::new(settings.saga.payment_deadline)
+        },
     );
     let runner_wakeup = Arc::new(Notify::new());
     let runner_task = tokio::spawn(runner.run(runner_wakeup.clone(), stopped.clone()));

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use futures::StreamExt;
 use infra::projection::Projection;
 use infra::projection::status::{self, ProjectionStatus};
 use serde::Serialize;
@@ -364,66 +363,47 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
                 batch_size,
                 keep_old,
             };
-            // `--all` builds two projections at a time: each is one PostgreSQL session at a
-            // time, so a second one puts the other core to work.
-            let bars = indicatif::MultiProgress::new();
-            let results: Vec<Result<rebuild::Report, rebuild::RebuildError>> =
-                futures::stream::iter(targets)
-                    .map(|target| {
-                        let (bars, stop) = (&bars, &stop);
-                        async move {
-                            let bar = bars.add(indicatif::ProgressBar::new(0));
-                            bar.set_style(
-                                indicatif::ProgressStyle::with_template(
-                                    "{prefix:>16} [{bar:30}] {pos}/{len} events  {per_sec}  eta {eta}",
-                                )
-                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                                .progress_chars("=> "),
-                            );
-                            bar.set_prefix(target.name());
-                            let report = rebuild::rebuild(
-                                pool,
-                                target.as_ref(),
-                                mode,
-                                options,
-                                |done, total| {
-                                    bar.set_length(total);
-                                    bar.set_position(done);
-                                },
-                                stop,
-                            )
-                            .await;
-                            bar.finish_and_clear();
-                            if let Ok(report) = &report {
-                                let line = format!(
-                                    "{}: {} events built in {:.2} s ({:.0} events/s), verified in {:.2} s, {:.2} s in all{}{}",
-                                    report.projection,
-                                    report.events_read,
-                                    report.build_seconds,
-                                    report.events_per_second,
-                                    report.verify_seconds,
-                                    report.seconds,
-                                    if report.resumed { ", resumed" } else { "" },
-                                    if report.swapped {
-                                        ", swapped in"
-                                    } else {
-                                        ", nothing swapped (dry run)"
-                                    },
-                                );
-                                let _ = bars.println(&line);
-                                if bars.is_hidden() {
-                                    eprintln!("{line}");
-                                }
-                            }
-                            report
-                        }
-                    })
-                    .buffered(2)
-                    .collect()
-                    .await;
             let mut reports = Vec::new();
-            for result in results {
-                reports.push(result?);
+            for target in targets {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix:>16} [{bar:30}] {pos}/{len} events  {per_sec}  eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(target.name());
+                let report = rebuild::rebuild(
+                    pool,
+                    target.as_ref(),
+                    mode,
+                    options,
+                    |done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    },
+                    &stop,
+                )
+                .await;
+                bar.finish_and_clear();
+                let report = report?;
+                eprintln!(
+                    "{}: {} events built in {:.2} s ({:.0} events/s), verified in {:.2} s, {:.2} s in all{}{}",
+                    report.projection,
+                    report.events_read,
+                    report.build_seconds,
+                    report.events_per_second,
+                    report.verify_seconds,
+                    report.seconds,
+                    if report.resumed { ", resumed" } else { "" },
+                    if report.swapped {
+                        ", swapped in"
+                    } else {
+                        ", nothing swapped (dry run)"
+                    },
+                );
+                reports.push(report);
             }
             if json.json {
                 return print_json(&reports);

@@ -1,6 +1,8 @@
 //! One aggregate's stream: load it (snapshot first), append to it, snapshot it. Every
 //! function takes the caller's connection, so the caller decides what else commits with it.
 
+use std::collections::HashMap;
+
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
 use sqlx::{PgConnection, Row};
@@ -190,74 +192,143 @@ pub async fn append<A: Aggregate>(
     events: &[A::Event],
     metadata: &EventMetadata,
 ) -> Result<Appended, AppendError> {
-    let stream = || StreamId::new(A::TYPE, aggregate_id);
-    let first = i64::try_from(expected_version).unwrap_or(i64::MAX);
-    let mut sequences = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    for (offset, event) in (1i64..).zip(events) {
-        sequences.push(first + offset);
-        types.push(event.event_type());
-        versions.push(event.event_version());
-        payloads.push(
-            serde_json::to_value(event).map_err(|source| StoreError::Encode {
-                stream: stream(),
-                source,
-            })?,
-        );
+    let appends = [StreamAppend {
+        aggregate_id,
+        expected_version,
+        events,
+        metadata,
+    }];
+    let appended = append_many::<A>(conn, &appends).await?;
+    Ok(appended[0])
+}
+
+/// One stream's part of [`append_many`].
+#[derive(Debug)]
+pub struct StreamAppend<'a, E> {
+    pub aggregate_id: &'a str,
+    /// The stream's version before these events; the first gets the next sequence.
+    pub expected_version: u64,
+    /// At least one.
+    pub events: &'a [E],
+    pub metadata: &'a EventMetadata,
+}
+
+/// Appends to several streams of one aggregate type in one statement: the commands of a
+/// group commit. A stream may appear more than once, each part continuing the previous
+/// one's sequence. Positions are taken in the order of `appends`, and of events within
+/// each. Returns what each part appended, in order. On a conflict nothing is appended and
+/// the transaction is aborted; the conflict names the first stream (the database does not
+/// say which one collided).
+pub async fn append_many<A: Aggregate>(
+    conn: &mut PgConnection,
+    appends: &[StreamAppend<'_, A::Event>],
+) -> Result<Vec<Appended>, AppendError> {
+    let first_stream = || {
+        StreamId::new(
+            A::TYPE,
+            appends.first().map_or("", |append| append.aggregate_id),
+        )
+    };
+    let rows = appends.iter().map(|append| append.events.len()).sum();
+    let mut ids = Vec::with_capacity(rows);
+    let mut sequences = Vec::with_capacity(rows);
+    let mut types = Vec::with_capacity(rows);
+    let mut versions = Vec::with_capacity(rows);
+    let mut payloads = Vec::with_capacity(rows);
+    let mut extras = Vec::with_capacity(rows);
+    let mut correlations = Vec::with_capacity(rows);
+    let mut causations = Vec::with_capacity(rows);
+    let mut keys = Vec::with_capacity(rows);
+    for append in appends {
+        let encode = |source| StoreError::Encode {
+            stream: StreamId::new(A::TYPE, append.aggregate_id),
+            source,
+        };
+        let first = i64::try_from(append.expected_version).unwrap_or(i64::MAX);
+        let extra = serde_json::to_value(&append.metadata.extra).map_err(encode)?;
+        for (offset, event) in (1i64..).zip(append.events) {
+            ids.push(append.aggregate_id);
+            sequences.push(first + offset);
+            types.push(event.event_type());
+            versions.push(event.event_version());
+            payloads.push(serde_json::to_value(event).map_err(encode)?);
+            extras.push(extra.clone());
+            correlations.push(append.metadata.correlation_id);
+            causations.push(append.metadata.causation_id);
+            keys.push(append.metadata.idempotency_key.as_deref());
+        }
     }
-    let extra = serde_json::to_value(&metadata.extra).map_err(|source| StoreError::Encode {
-        stream: stream(),
-        source,
-    })?;
     let result = sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata, correlation_id, causation_id, idempotency_key)
-         SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8, $9, $10
-           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[])
-                AS e(sequence, event_type, event_version, payload)
-         RETURNING position",
+         SELECT $1, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload,
+                e.metadata, e.correlation_id, e.causation_id, e.idempotency_key
+           FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[],
+                       $7::jsonb[], $8::uuid[], $9::uuid[], $10::text[])
+                AS e(aggregate_id, sequence, event_type, event_version, payload, metadata,
+                     correlation_id, causation_id, idempotency_key)
+         RETURNING aggregate_id, sequence, position",
     )
     .bind(A::TYPE)
-    .bind(aggregate_id)
+    .bind(&ids)
     .bind(&sequences)
     .bind(&types)
     .bind(&versions)
     .bind(&payloads)
-    .bind(&extra)
-    .bind(metadata.correlation_id)
-    .bind(metadata.causation_id)
-    .bind(metadata.idempotency_key.as_deref())
+    .bind(&extras)
+    .bind(&correlations)
+    .bind(&causations)
+    .bind(&keys)
     .fetch_all(&mut *conn)
     .await;
     let rows = match result {
         Ok(rows) => rows,
         Err(err) if is_unique_violation(&err, "events_pkey") || is_lock_timeout(&err) => {
-            return Err(AppendError::Conflict { stream: stream() });
+            return Err(AppendError::Conflict {
+                stream: first_stream(),
+            });
         }
         Err(source) => {
             return Err(StoreError::Append {
-                stream: stream(),
+                stream: first_stream(),
                 source,
             }
             .into());
         }
     };
-    let mut last_position = 0;
+    let mut positions = HashMap::with_capacity(rows.len());
     for row in rows {
-        let position: i64 = row
-            .try_get("position")
-            .map_err(|source| StoreError::Append {
-                stream: stream(),
-                source,
-            })?;
-        last_position = last_position.max(position);
+        let decode = |source| StoreError::Append {
+            stream: first_stream(),
+            source,
+        };
+        let id: String = row.try_get("aggregate_id").map_err(decode)?;
+        let sequence: i64 = row.try_get("sequence").map_err(decode)?;
+        let position: i64 = row.try_get("position").map_err(decode)?;
+        positions.insert((id, sequence), position);
     }
-    Ok(Appended {
-        version: expected_version + events.len() as u64,
-        last_position,
-    })
+    appends
+        .iter()
+        .map(|append| {
+            let version = append.expected_version + append.events.len() as u64;
+            let last = (
+                append.aggregate_id.to_owned(),
+                i64::try_from(version).unwrap_or(i64::MAX),
+            );
+            let last_position =
+                positions
+                    .get(&last)
+                    .copied()
+                    .ok_or_else(|| StoreError::Append {
+                        stream: StreamId::new(A::TYPE, append.aggregate_id),
+                        source: sqlx::Error::RowNotFound,
+                    })?;
+            Ok(Appended {
+                version,
+                last_position,
+            })
+        })
+        .collect()
 }
 
 /// Whether moving from `before` to `after` crosses a snapshot boundary.

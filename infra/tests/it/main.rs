@@ -5,6 +5,7 @@ mod catalog;
 mod commands;
 mod db;
 mod global_log;
+mod group_commit;
 mod helpers;
 mod kafka;
 mod postgres_es_compat;

@@ -625,8 +625,8 @@ impl<G: PaymentGateway + 'static> Runner<G> {
     ) -> Result<infra::commands::CommittedWithEvents<A>, ExecuteError<A::Error>>
     where
         A: Aggregate + Clone + 'static,
-        A::Command: Clone,
-        A::Error: 'static,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send + 'static,
     {
         tx.guard = Some(executor.lock(aggregate_id).await);
         let conn = tx.conn().await.map_err(|source| {

@@ -15,6 +15,8 @@
 //! Not here: what the HTTP status of each outcome is (`write-side`), and the rules
 //! (`domain`). The executor knows aggregates only through the cqrs-es `Aggregate` trait.
 
+mod batch;
+
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -150,6 +152,9 @@ pub struct ExecutorPolicy {
     pub snapshot: Option<SnapshotPolicy>,
     /// Committed states kept in memory (0: none); see the module's documentation.
     pub cached_states: usize,
+    /// Commands that arrive while a transaction commits share the next one (see
+    /// [`batch`](self::batch)); off, each command has a transaction of its own.
+    pub group_commit: bool,
 }
 
 impl ExecutorPolicy {
@@ -161,6 +166,7 @@ impl ExecutorPolicy {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             snapshot: None,
             cached_states: Self::DEFAULT_CACHED_STATES,
+            group_commit: true,
         }
     }
 
@@ -178,6 +184,14 @@ impl ExecutorPolicy {
     pub fn uncached(self) -> Self {
         Self {
             cached_states: 0,
+            ..self
+        }
+    }
+
+    /// The same policy without group commit: each command has a transaction of its own.
+    pub fn without_group_commit(self) -> Self {
+        Self {
+            group_commit: false,
             ..self
         }
     }
@@ -258,7 +272,10 @@ impl<A: Clone> StateCache<A> {
 
 /// Executes commands against aggregates of type `A`. Cheap to clone; clones share the
 /// per-aggregate locks, so every handler of one process must use clones of one executor.
-pub struct CommandExecutor<A: Aggregate> {
+pub struct CommandExecutor<A: Aggregate>
+where
+    A::Error: 'static,
+{
     pool: PgPool,
     services: Arc<A::Services>,
     policy: ExecutorPolicy,
@@ -266,10 +283,14 @@ pub struct CommandExecutor<A: Aggregate> {
     notifier: AppendNotifier,
     upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
     cache: Arc<Mutex<StateCache<A>>>,
+    batcher: Arc<batch::Batcher<A>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
-impl<A: Aggregate> Clone for CommandExecutor<A> {
+impl<A: Aggregate> Clone for CommandExecutor<A>
+where
+    A::Error: 'static,
+{
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
@@ -279,12 +300,16 @@ impl<A: Aggregate> Clone for CommandExecutor<A> {
             notifier: self.notifier.clone(),
             upcasters: self.upcasters.clone(),
             cache: self.cache.clone(),
+            batcher: self.batcher.clone(),
             _aggregate: PhantomData,
         }
     }
 }
 
-impl<A: Aggregate> std::fmt::Debug for CommandExecutor<A> {
+impl<A: Aggregate> std::fmt::Debug for CommandExecutor<A>
+where
+    A::Error: 'static,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandExecutor")
             .field("aggregate", &A::TYPE)
@@ -305,9 +330,9 @@ where
 
 impl<A> CommandExecutor<A>
 where
-    A: Aggregate + Clone,
-    A::Command: Clone,
-    A::Error: 'static,
+    A: Aggregate + Clone + 'static,
+    A::Command: Clone + Send + Sync,
+    A::Error: Send + 'static,
 {
     pub fn new(pool: PgPool, services: A::Services, policy: ExecutorPolicy) -> Self {
         Self {
@@ -318,6 +343,7 @@ where
             locks: KeyedLocks::new(),
             upcasters: Arc::new(Vec::new()),
             cache: Arc::new(Mutex::new(StateCache::new(policy.cached_states))),
+            batcher: Arc::new(batch::Batcher::new()),
             _aggregate: PhantomData,
         }
     }
@@ -363,12 +389,46 @@ where
         options: CommandOptions,
     ) -> Result<CommittedWithEvents<A>, ExecuteError<A::Error>> {
         tracing::Span::current().record("aggregate_id", aggregate_id);
+        let mut guess = true;
+        if self.policy.group_commit {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = batch::Request {
+                aggregate_id: aggregate_id.to_owned(),
+                command: command.clone(),
+                options: options.clone(),
+                reply,
+            };
+            if self.batcher.push(request) {
+                batch::spawn_committer(self.clone());
+            }
+            match answer.await {
+                Ok(batch::Reply::Done(done)) => return Ok(done),
+                Ok(batch::Reply::Failed(err)) => return Err(err),
+                Ok(batch::Reply::Alone { guess: with_guess }) => guess = with_guess,
+                // The committer failed (panicked) before answering: nothing of this command
+                // was committed.
+                Err(_) => guess = false,
+            }
+        }
+        self.execute_alone(aggregate_id, command, options, guess)
+            .await
+    }
+
+    /// The command in a transaction of its own, retried when another process wins the race
+    /// for the next version. `guess`: the first attempt may start from a guessed state.
+    async fn execute_alone(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        options: CommandOptions,
+        guess: bool,
+    ) -> Result<CommittedWithEvents<A>, ExecuteError<A::Error>> {
         let _guard = self.locks.lock(aggregate_id).await;
         let mut attempt = 1;
         loop {
             // Guesses (a cached state, a new aggregate) only on the first attempt: a conflict
             // may mean the guess was wrong.
-            let guess = attempt == 1;
+            let guess = guess && attempt == 1;
             match self
                 .attempt(aggregate_id, command.clone(), &options, guess)
                 .await

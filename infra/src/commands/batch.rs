@@ -1,0 +1,705 @@
+//! Group commit: the commands that arrive while a transaction is committing wait for it,
+//! then run together in the next one, with one claim of their idempotency keys, one append
+//! of all their events and one commit. A process then pays a transaction's round trips and
+//! its WAL flush once per batch instead of once per command; commands on one aggregate in a
+//! batch are decided one after the other on its evolving state, so a hot aggregate takes
+//! many commands per commit and never conflicts with itself.
+//!
+//! One committer task per executor runs batches one at a time; it starts when a command
+//! arrives and none is running, and ends when the queue is empty. Each batch holds the
+//! in-process locks of its aggregates, like a command run alone.
+//!
+//! Anything a batch cannot answer with certainty is sent back to be run alone, the
+//! executor's ordinary path, before anything of it is committed:
+//! - a rejection, no-op or version mismatch decided on a guessed state (cached, or a new id
+//!   assumed empty): decided again on a fresh load, and so are the later commands of the
+//!   batch on that aggregate, so they keep their order;
+//! - a conflict with another process, or a key or row lock held elsewhere for longer than
+//!   [`BATCH_LOCK_TIMEOUT`]: the whole batch is rolled back and each command runs alone;
+//! - an idempotency key already claimed (a replay, a reuse, or a request in flight), or used
+//!   twice in one batch;
+//! - any other failure before the commit (the command then reports its own error).
+//!
+//! A failed COMMIT is the one error returned to every command of the batch: the outcome is
+//! unknown, and a retry with an idempotency key resolves it, as for a command run alone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use sqlx::PgConnection;
+use tokio::sync::oneshot;
+
+use super::{
+    Cached, CommandExecutor, CommandOptions, Committed, CommittedWithEvents, ExecuteError,
+    IdempotencyKey,
+};
+use crate::event_store::StoreError;
+use crate::event_store::stream::{self, AppendError, StreamAppend};
+use crate::keyed_lock::KeyGuard;
+
+/// Commands per batch at most.
+pub const MAX_BATCH: usize = 256;
+
+/// How long a batch waits for a lock another transaction holds (an idempotency key being
+/// used by a request in flight in another process, an aggregate version another process is
+/// appending) before it gives up and its commands run alone, where the usual
+/// `lock_timeout` applies. Short, because the whole batch waits.
+pub const BATCH_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A command waiting for a batch.
+pub(super) struct Request<A: Aggregate>
+where
+    A::Error: 'static,
+{
+    pub aggregate_id: String,
+    pub command: A::Command,
+    pub options: CommandOptions,
+    pub reply: oneshot::Sender<Reply<A>>,
+}
+
+/// What the batch did with a command.
+pub(super) enum Reply<A: Aggregate>
+where
+    A::Error: 'static,
+{
+    Done(CommittedWithEvents<A>),
+    Failed(ExecuteError<A::Error>),
+    /// Not decided here; run it alone, using guesses or not.
+    Alone {
+        guess: bool,
+    },
+}
+
+/// The queue of an executor's batches.
+pub(super) struct Batcher<A: Aggregate>
+where
+    A::Error: 'static,
+{
+    state: Mutex<Queue<A>>,
+}
+
+struct Queue<A: Aggregate>
+where
+    A::Error: 'static,
+{
+    requests: Vec<Request<A>>,
+    committing: bool,
+}
+
+impl<A: Aggregate> Batcher<A>
+where
+    A::Error: 'static,
+{
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(Queue {
+                requests: Vec::new(),
+                committing: false,
+            }),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue<A>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `request`; true when no committer runs and the caller must start one.
+    pub fn push(&self, request: Request<A>) -> bool {
+        let mut queue = self.queue();
+        queue.requests.push(request);
+        !std::mem::replace(&mut queue.committing, true)
+    }
+
+    /// The next batch, or `None` (and the committer ends) when nothing waits.
+    fn next(&self) -> Option<Vec<Request<A>>> {
+        let mut queue = self.queue();
+        if queue.requests.is_empty() {
+            queue.committing = false;
+            return None;
+        }
+        let take = queue.requests.len().min(MAX_BATCH);
+        Some(queue.requests.drain(..take).collect())
+    }
+}
+
+/// Ends the committer's turn even if a batch panicked: the waiting commands' replies are
+/// dropped (their callers run them alone) and the next command starts a new committer.
+struct Turn<'b, A: Aggregate>(&'b Batcher<A>)
+where
+    A::Error: 'static;
+
+impl<A: Aggregate> Drop for Turn<'_, A>
+where
+    A::Error: 'static,
+{
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = self.0.queue();
+            queue.requests.clear();
+            queue.committing = false;
+        }
+    }
+}
+
+/// One command's part of a batch, once decided.
+struct Planned<A: Aggregate> {
+    request: usize,
+    /// The aggregate's version before this command's events.
+    base_version: u64,
+    events: Vec<A::Event>,
+    /// For a no-op: the position of the aggregate's latest event, when it was known before
+    /// the batch; otherwise that of the latest event an earlier command of the batch appended
+    /// (the index of its plan).
+    no_op_position: Result<Option<i64>, usize>,
+}
+
+/// One aggregate's state through a batch.
+struct Track<A> {
+    aggregate: A,
+    version: u64,
+    position: Option<i64>,
+    /// The state was a guess (cached, or assumed empty), not loaded in this transaction.
+    guessed: bool,
+    /// A command on it was sent back to run alone: so are the later ones.
+    tainted: bool,
+    /// The version the aggregate had when the batch took it (for snapshots).
+    start_version: u64,
+    /// The plan holding its latest appended event, if any.
+    last_plan: Option<usize>,
+}
+
+impl<A> CommandExecutor<A>
+where
+    A: Aggregate + Clone + 'static,
+    A::Command: Clone + Send + Sync,
+    A::Error: Send + 'static,
+{
+    /// Runs batches until the queue is empty.
+    pub(super) async fn commit_batches(self) {
+        let batcher = self.batcher.clone();
+        let _turn = Turn(&batcher);
+        while let Some(batch) = batcher.next() {
+            self.commit_batch(batch).await;
+        }
+    }
+
+    async fn commit_batch(&self, batch: Vec<Request<A>>) {
+        // The in-process locks of every aggregate in the batch, in order of first arrival.
+        // Other holders hold one lock each, so this never deadlocks.
+        let mut guards: HashMap<String, KeyGuard> = HashMap::new();
+        for request in &batch {
+            if !guards.contains_key(&request.aggregate_id) {
+                let guard = self.locks.lock(&request.aggregate_id).await;
+                guards.insert(request.aggregate_id.clone(), guard);
+            }
+        }
+        let mut replies: Vec<Option<Reply<A>>> = batch.iter().map(|_| None).collect();
+        let outcome = match self.pool.acquire().await {
+            Ok(mut conn) => self.plan_and_write(&mut conn, &batch, &mut replies).await,
+            Err(_) => Err(BatchFailed::Retry { conflict: false }),
+        };
+        match outcome {
+            Ok(Some(states)) => {
+                for (id, cached) in states {
+                    self.cache().put(&id, cached);
+                }
+            }
+            Ok(None) => {}
+            Err(BatchFailed::Retry { conflict }) => {
+                if conflict {
+                    // Some guessed state was stale: another process appended.
+                    let mut cache = self.cache();
+                    for id in guards.keys() {
+                        cache.forget(id);
+                    }
+                }
+                for reply in &mut replies {
+                    *reply = Some(Reply::Alone { guess: !conflict });
+                }
+            }
+            Err(BatchFailed::Commit(err)) => {
+                let mut cache = self.cache();
+                for id in guards.keys() {
+                    cache.forget(id);
+                }
+                for reply in replies.iter_mut() {
+                    if matches!(reply, Some(Reply::Done(_)) | None) {
+                        *reply = Some(Reply::Failed(ExecuteError::Store(
+                            StoreError::Transaction {
+                                operation: "commit",
+                                source: commit_failed(&err),
+                            },
+                        )));
+                    }
+                }
+            }
+        }
+        drop(guards);
+        for (request, reply) in batch.into_iter().zip(replies) {
+            let reply = reply.unwrap_or(Reply::Alone { guess: false });
+            // A caller that went away (its request was cancelled) needs no answer.
+            let _ = request.reply.send(reply);
+        }
+    }
+
+    /// Decides every command, writes and commits. Fills `replies` for the commands it
+    /// answered; returns the states to cache (`None` when nothing was written).
+    async fn plan_and_write(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[Request<A>],
+        replies: &mut [Option<Reply<A>>],
+    ) -> Result<Option<Vec<(String, Cached<A>)>>, BatchFailed> {
+        use sqlx::Connection;
+        let mut tx = conn
+            .begin_with(format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                BATCH_LOCK_TIMEOUT.as_millis()
+            ))
+            .await
+            .map_err(|_| BatchFailed::Retry { conflict: false })?;
+        let written = match self.write(&mut tx, batch, replies).await {
+            Ok(Some(written)) => written,
+            other => {
+                // End it now: the transaction may hold keys that other requests wait for.
+                let _ = tx.rollback().await;
+                return other.map(|_| None);
+            }
+        };
+        tx.commit().await.map_err(BatchFailed::Commit)?;
+        if written.appended {
+            self.notifier.committed();
+        }
+        for (request, done) in written.answers {
+            replies[request] = Some(Reply::Done(done));
+        }
+        Ok(Some(written.states))
+    }
+
+    /// Everything of a batch but the commit. `None`: nothing to write.
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[Request<A>],
+        replies: &mut [Option<Reply<A>>],
+    ) -> Result<Option<Written<A>>, BatchFailed> {
+        let claimed = self.claim_keys(conn, batch, replies).await?;
+        let mut tracks: HashMap<&str, Track<A>> = HashMap::new();
+        let mut plans: Vec<Planned<A>> = Vec::new();
+        for (index, request) in batch.iter().enumerate() {
+            if replies[index].is_some() {
+                continue;
+            }
+            let id = request.aggregate_id.as_str();
+            if !tracks.contains_key(id) {
+                let track = self.track(conn, id, &request.options).await?;
+                tracks.insert(id, track);
+            }
+            let Some(track) = tracks.get_mut(id) else {
+                continue;
+            };
+            if let Some(reply) = self.decide(track, index, request, &mut plans).await {
+                replies[index] = Some(reply);
+            }
+        }
+        if plans.is_empty() {
+            return Ok(None);
+        }
+        // Keys claimed for commands that got no plan (refused, or sent back to run alone)
+        // must not commit without an outcome.
+        let unplanned: Vec<&str> = batch
+            .iter()
+            .enumerate()
+            .filter(|&(index, _)| claimed[index] && replies[index].is_some())
+            .filter_map(|(_, request)| request.options.idempotency.as_ref())
+            .map(IdempotencyKey::key)
+            .collect();
+        if !unplanned.is_empty() {
+            release_keys(conn, &unplanned)
+                .await
+                .map_err(|_| BatchFailed::Retry { conflict: false })?;
+        }
+        // One append of every command's events.
+        let metadata: Vec<_> = plans
+            .iter()
+            .map(|plan| {
+                let options = &batch[plan.request].options;
+                let mut metadata = options.metadata.clone();
+                if let Some(idempotency) = &options.idempotency {
+                    metadata.idempotency_key = Some(idempotency.key.clone());
+                }
+                metadata
+            })
+            .collect();
+        let appending: Vec<usize> = (0..plans.len())
+            .filter(|&index| !plans[index].events.is_empty())
+            .collect();
+        let mut positions: Vec<Option<i64>> = plans.iter().map(|_| None).collect();
+        if !appending.is_empty() {
+            let parts: Vec<StreamAppend<'_, A::Event>> = appending
+                .iter()
+                .map(|&index| StreamAppend {
+                    aggregate_id: &batch[plans[index].request].aggregate_id,
+                    expected_version: plans[index].base_version,
+                    events: &plans[index].events,
+                    metadata: &metadata[index],
+                })
+                .collect();
+            match stream::append_many::<A>(conn, &parts).await {
+                Ok(appended) => {
+                    for (&index, appended) in appending.iter().zip(appended) {
+                        positions[index] = Some(appended.last_position);
+                    }
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    return Err(BatchFailed::Retry { conflict: true });
+                }
+                Err(AppendError::Store(_)) => return Err(BatchFailed::Retry { conflict: false }),
+            }
+        }
+        let committed: Vec<Committed> = plans
+            .iter()
+            .enumerate()
+            .map(|(index, plan)| {
+                let position = if plan.events.is_empty() {
+                    match plan.no_op_position {
+                        Ok(position) => position,
+                        Err(earlier) => positions[earlier],
+                    }
+                } else {
+                    positions[index]
+                };
+                Committed {
+                    aggregate_id: batch[plan.request].aggregate_id.clone(),
+                    version: plan.base_version + plan.events.len() as u64,
+                    position,
+                    appended: plan.events.len(),
+                    replayed: false,
+                }
+            })
+            .collect();
+        if let Some(policy) = self.policy.snapshot {
+            for (id, track) in &tracks {
+                if track.last_plan.is_some()
+                    && stream::snapshot_due(policy, track.start_version, track.version)
+                {
+                    stream::save_snapshot(conn, id, &track.aggregate, track.version, policy)
+                        .await
+                        .map_err(|_| BatchFailed::Retry { conflict: false })?;
+                }
+            }
+        }
+        if claimed.contains(&true) {
+            let outcomes = plans
+                .iter()
+                .zip(&committed)
+                .filter_map(|(plan, committed)| {
+                    let idempotency = batch[plan.request].options.idempotency.as_ref()?;
+                    Some((idempotency, committed))
+                });
+            record_keys(conn, outcomes)
+                .await
+                .map_err(|_| BatchFailed::Retry { conflict: false })?;
+        }
+        let appended = !appending.is_empty();
+        let mut cache = self.cache();
+        let mut states = Vec::with_capacity(tracks.len());
+        for (id, track) in tracks {
+            if track.tainted {
+                // Its cached state led to an answer that must be confirmed alone.
+                cache.forget(id);
+                continue;
+            }
+            let position = match track.last_plan {
+                Some(plan) => positions[plan],
+                None => track.position,
+            };
+            states.push((
+                id.to_owned(),
+                Cached {
+                    aggregate: track.aggregate,
+                    version: track.version,
+                    position,
+                },
+            ));
+        }
+        drop(cache);
+        let answers = plans
+            .into_iter()
+            .zip(committed)
+            .map(|(plan, committed)| (plan.request, (committed, plan.events)))
+            .collect();
+        Ok(Some(Written {
+            answers,
+            states,
+            appended,
+        }))
+    }
+
+    /// Claims the batch's idempotency keys in one statement. A key that was already claimed,
+    /// or that two commands of the batch carry, sends its command (the later one) to run
+    /// alone. Returns, per command, whether it claimed its key here.
+    async fn claim_keys(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[Request<A>],
+        replies: &mut [Option<Reply<A>>],
+    ) -> Result<Vec<bool>, BatchFailed> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut claiming: Vec<usize> = Vec::new();
+        for (index, request) in batch.iter().enumerate() {
+            if let Some(idempotency) = &request.options.idempotency {
+                if seen.insert(idempotency.key()) {
+                    claiming.push(index);
+                } else {
+                    replies[index] = Some(Reply::Alone { guess: true });
+                }
+            }
+        }
+        let mut mine = vec![false; batch.len()];
+        if claiming.is_empty() {
+            return Ok(mine);
+        }
+        let keys: Vec<&IdempotencyKey> = claiming
+            .iter()
+            .filter_map(|&index| batch[index].options.idempotency.as_ref())
+            .collect();
+        let ids: Vec<&str> = claiming
+            .iter()
+            .map(|&index| batch[index].aggregate_id.as_str())
+            .collect();
+        // On an error (a key held by a request in flight elsewhere past the lock timeout, or
+        // a failure) every command runs alone.
+        let claimed = claim_keys(conn, &keys, A::TYPE, &ids)
+            .await
+            .map_err(|_| BatchFailed::Retry { conflict: false })?;
+        for index in claiming {
+            let key = batch[index]
+                .options
+                .idempotency
+                .as_ref()
+                .map(IdempotencyKey::key);
+            if key.is_some_and(|key| claimed.contains(key)) {
+                mine[index] = true;
+            } else {
+                // Claimed before: a replay, a reuse, or a request in flight.
+                replies[index] = Some(Reply::Alone { guess: true });
+            }
+        }
+        Ok(mine)
+    }
+
+    /// The state a batch starts from for one aggregate: cached, assumed empty (a new id), or
+    /// loaded.
+    async fn track(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        options: &CommandOptions,
+    ) -> Result<Track<A>, BatchFailed> {
+        let guess = self.cache().get(aggregate_id).or_else(|| {
+            options.new_aggregate.then(|| Cached {
+                aggregate: A::default(),
+                version: 0,
+                position: None,
+            })
+        });
+        let (aggregate, version, position, guessed) = match guess {
+            Some(cached) => (cached.aggregate, cached.version, cached.position, true),
+            None => {
+                let loaded =
+                    stream::load::<A>(conn, aggregate_id, self.policy.snapshot, &self.upcasters)
+                        .await
+                        .map_err(|_| BatchFailed::Retry { conflict: false })?;
+                (
+                    loaded.aggregate,
+                    loaded.version,
+                    loaded.last_position,
+                    false,
+                )
+            }
+        };
+        Ok(Track {
+            aggregate,
+            version,
+            position,
+            guessed,
+            tainted: false,
+            start_version: version,
+            last_plan: None,
+        })
+    }
+
+    /// Decides one command on the aggregate's state in the batch. Returns the reply when the
+    /// command is answered without a plan (refused, or sent back to run alone).
+    async fn decide(
+        &self,
+        track: &mut Track<A>,
+        index: usize,
+        request: &Request<A>,
+        plans: &mut Vec<Planned<A>>,
+    ) -> Option<Reply<A>> {
+        if track.tainted {
+            return Some(Reply::Alone { guess: false });
+        }
+        // Answers about the state decided on a guess are confirmed alone, on a fresh load.
+        let unsure = |track: &mut Track<A>| {
+            track.tainted = true;
+            Some(Reply::Alone { guess: false })
+        };
+        if let Some(expected) = request.options.expected_version
+            && !expected.admits(track.version)
+        {
+            if track.guessed {
+                return unsure(track);
+            }
+            return Some(Reply::Failed(ExecuteError::VersionMismatch {
+                expected,
+                actual: track.version,
+            }));
+        }
+        let mut next = track.aggregate.clone();
+        let sink = EventSink::default();
+        if let Err(rejection) = next
+            .handle(request.command.clone(), &self.services, &sink)
+            .await
+        {
+            if track.guessed {
+                return unsure(track);
+            }
+            return Some(Reply::Failed(ExecuteError::Rejected(rejection)));
+        }
+        let events = sink.collect().await;
+        if events.is_empty() {
+            if track.guessed {
+                return unsure(track);
+            }
+            let no_op_position = match track.last_plan {
+                Some(plan) => Err(plan),
+                None if track.position.is_some() || track.version == 0 => Ok(track.position),
+                // The state came from a snapshot with nothing after it: the position needs
+                // a query, which the command run alone makes.
+                None => return unsure(track),
+            };
+            plans.push(Planned {
+                request: index,
+                base_version: track.version,
+                events,
+                no_op_position,
+            });
+            return None;
+        }
+        let base_version = track.version;
+        track.aggregate = next;
+        track.version += events.len() as u64;
+        track.last_plan = Some(plans.len());
+        plans.push(Planned {
+            request: index,
+            base_version,
+            events,
+            no_op_position: Ok(None),
+        });
+        None
+    }
+}
+
+/// What a batch wrote, to answer once it commits.
+struct Written<A: Aggregate> {
+    answers: Vec<(usize, CommittedWithEvents<A>)>,
+    states: Vec<(String, Cached<A>)>,
+    appended: bool,
+}
+
+/// Why a batch wrote nothing (or may have).
+enum BatchFailed {
+    /// Nothing was committed: run every unanswered command alone. `conflict`: another
+    /// process appended to one of the aggregates, so guessed states are suspect.
+    Retry { conflict: bool },
+    /// The COMMIT failed: the outcome is unknown.
+    Commit(sqlx::Error),
+}
+
+/// `sqlx::Error` is not `Clone`: each command of a failed commit gets its own copy of the
+/// message.
+fn commit_failed(err: &sqlx::Error) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("the group commit failed: {err}"))
+}
+
+/// Starts the executor's committer; it ends when the queue is empty.
+pub(super) fn spawn_committer<A>(executor: CommandExecutor<A>)
+where
+    A: Aggregate + Clone + 'static,
+    A::Command: Clone + Send + Sync,
+    A::Error: Send + 'static,
+{
+    tokio::spawn(executor.commit_batches());
+}
+
+/// Claims keys in one statement; returns the ones this transaction claimed. A key another
+/// transaction holds uncommitted makes the statement wait (up to the batch's lock timeout).
+async fn claim_keys(
+    conn: &mut PgConnection,
+    keys: &[&IdempotencyKey],
+    aggregate_type: &str,
+    aggregate_ids: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let names: Vec<&str> = keys.iter().map(|key| key.key()).collect();
+    let hashes: Vec<&[u8]> = keys.iter().map(|key| &key.request_hash[..]).collect();
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (idempotency_key, request_hash, aggregate_type, aggregate_id)
+         SELECT k.key, k.hash, $3, k.aggregate_id
+           FROM UNNEST($1::text[], $2::bytea[], $4::text[]) AS k(key, hash, aggregate_id)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING idempotency_key",
+    )
+    .bind(&names)
+    .bind(&hashes)
+    .bind(aggregate_type)
+    .bind(aggregate_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+/// Gives claimed keys up again, inside the batch's transaction.
+async fn release_keys(conn: &mut PgConnection, keys: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key = ANY($1)")
+        .bind(keys)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores the outcomes under their claimed keys, in one statement.
+async fn record_keys<'k>(
+    conn: &mut PgConnection,
+    outcomes: impl Iterator<Item = (&'k IdempotencyKey, &'k Committed)>,
+) -> Result<(), sqlx::Error> {
+    let mut keys = Vec::new();
+    let mut versions = Vec::new();
+    let mut positions = Vec::new();
+    for (key, committed) in outcomes {
+        keys.push(key.key());
+        versions.push(i64::try_from(committed.version).unwrap_or(i64::MAX));
+        positions.push(committed.position);
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys k SET version = o.version, position = o.position
+           FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS o(key, version, position)
+          WHERE k.idempotency_key = o.key",
+    )
+    .bind(&keys)
+    .bind(&versions)
+    .bind(&positions)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

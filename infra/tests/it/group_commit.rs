@@ -1,0 +1,217 @@
+//! Group commit: commands that arrive together share a transaction, and each still gets
+//! its own answer.
+
+use std::collections::{HashMap, HashSet};
+
+use domain::inventory::{InventoryCommand, InventoryError, InventoryItem};
+use infra::commands::{
+    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, IdempotencyKey,
+};
+use infra::event_store::EventLog;
+use sqlx::PgPool;
+
+use crate::helpers::{inventory, register, registered_item, restock, t};
+
+fn keyed(key: &str, hash: u8) -> CommandOptions {
+    CommandOptions {
+        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).expect("test setup")),
+        ..CommandOptions::default()
+    }
+}
+
+fn order(n: u8) -> domain::ids::OrderId {
+    domain::ids::OrderId::from(uuid::Uuid::from_bytes([n; 16]))
+}
+
+/// The transaction that wrote each event of a stream, by sequence.
+async fn transactions(pool: &PgPool, sku: &str) -> HashMap<i64, String> {
+    sqlx::query_as::<_, (i64, String)>(
+        "SELECT sequence, transaction_id::text FROM events
+          WHERE aggregate_type = 'inventory_item' AND aggregate_id = $1",
+    )
+    .bind(sku)
+    .fetch_all(pool)
+    .await
+    .expect("test setup")
+    .into_iter()
+    .collect()
+}
+
+/// Fifty commands on one aggregate at once, from one process: every one commits, in far
+/// fewer transactions than commands, and none conflicts (one attempt each is allowed).
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn commands_on_one_aggregate_share_transactions_and_never_conflict(pool: PgPool) {
+    registered_item(&pool, "HOT").await;
+    let items = inventory(
+        &pool,
+        ExecutorPolicy {
+            max_attempts: 1,
+            ..ExecutorPolicy::without_snapshots()
+        },
+    );
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let items = items.clone();
+            tokio::spawn(async move {
+                items
+                    .execute("HOT", restock(1), CommandOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    let mut committed = Vec::new();
+    for task in tasks {
+        committed.push(task.await.unwrap().expect("no conflict, no failure"));
+    }
+    let versions: HashSet<u64> = committed.iter().map(|c| c.version).collect();
+    assert_eq!(versions, (2..=51).collect());
+    // Each command reports the position of its own event.
+    let stream = EventLog::new(pool.clone())
+        .read_stream("inventory_item", "HOT")
+        .await
+        .unwrap();
+    for c in &committed {
+        let event = &stream[usize::try_from(c.version).unwrap() - 1];
+        assert_eq!(c.position, Some(event.position));
+    }
+    let transactions: HashSet<String> = transactions(&pool, "HOT")
+        .await
+        .into_iter()
+        .filter(|(sequence, _)| *sequence > 1)
+        .map(|(_, tx)| tx)
+        .collect();
+    assert!(
+        transactions.len() < 25,
+        "50 concurrent commands took {} transactions",
+        transactions.len()
+    );
+}
+
+/// One batch with a refused command, a replayed key, a key used twice and plain commands on
+/// two aggregates: each gets its own answer, the refused one stores nothing and does not
+/// burn its key.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn each_command_of_a_batch_gets_its_own_answer(pool: PgPool) {
+    let setup = registered_item(&pool, "A").await;
+    setup
+        .execute("B", register("B", 0), CommandOptions::default())
+        .await
+        .unwrap();
+    // A fresh executor (another process): nothing cached, every state is loaded.
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let requests: Vec<(&str, InventoryCommand, CommandOptions)> = vec![
+        ("A", restock(1), keyed("ka", 1)),
+        ("NOPE", restock(1), keyed("kn", 2)),
+        ("B", restock(2), CommandOptions::default()),
+        ("A", restock(1), keyed("ka", 1)),
+        ("A", restock(4), CommandOptions::default()),
+    ];
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(id, command, options)| {
+            let items = items.clone();
+            tokio::spawn(async move { items.execute(id, command, options).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let first = outcomes[0].as_ref().unwrap();
+    assert!(matches!(
+        outcomes[1],
+        Err(ExecuteError::Rejected(InventoryError::NotRegistered))
+    ));
+    let b = outcomes[2].as_ref().unwrap();
+    let again = outcomes[3].as_ref().unwrap();
+    let plain = outcomes[4].as_ref().unwrap();
+    assert_eq!((b.version, b.appended), (2, 1));
+    assert!(again.replayed, "the repeated key replays the first outcome");
+    assert_eq!(
+        (again.version, again.position),
+        (first.version, first.position)
+    );
+    let mut a_versions = [first.version, plain.version];
+    a_versions.sort_unstable();
+    assert_eq!(a_versions, [2, 3]);
+    // A and B's commands shared one transaction.
+    let a = transactions(&pool, "A").await;
+    let b_tx = transactions(&pool, "B").await;
+    assert_eq!(a[&2], a[&3]);
+    assert_eq!(a[&2], b_tx[&2]);
+    // Two registrations and three restocks; nothing for NOPE.
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 5);
+    // The refused command's key was given back: once NOPE exists, the key runs.
+    items
+        .execute("NOPE", register("NOPE", 0), CommandOptions::default())
+        .await
+        .unwrap();
+    let retried = items
+        .execute("NOPE", restock(1), keyed("kn", 2))
+        .await
+        .unwrap();
+    assert!(!retried.replayed);
+    assert_eq!(retried.version, 2);
+}
+
+/// A no-op decided after another command of the same batch appended reports that append's
+/// position, the aggregate's latest.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_no_op_after_an_append_in_the_same_batch_reports_its_position(pool: PgPool) {
+    registered_item(&pool, "SKU").await;
+    let items: CommandExecutor<InventoryItem> =
+        inventory(&pool, ExecutorPolicy::without_snapshots());
+    let reserve = InventoryCommand::Reserve {
+        order_id: order(1),
+        quantity: domain::money::Quantity::new(1).unwrap(),
+        at: t(2),
+    };
+    // Releasing an order that reserved nothing changes nothing.
+    let release = InventoryCommand::Release {
+        order_id: order(2),
+        at: t(3),
+    };
+    let (first, second) = {
+        let (a, b) = (items.clone(), items.clone());
+        let first =
+            tokio::spawn(async move { a.execute("SKU", reserve, CommandOptions::default()).await });
+        let second =
+            tokio::spawn(async move { b.execute("SKU", release, CommandOptions::default()).await });
+        (
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        )
+    };
+    assert_eq!((first.version, first.appended), (2, 1));
+    assert_eq!((second.version, second.appended), (2, 0));
+    assert_eq!(second.position, first.position);
+}
+
+/// With group commit off, each command has a transaction of its own.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn without_group_commit_each_command_has_its_own_transaction(pool: PgPool) {
+    registered_item(&pool, "SKU").await;
+    let items = inventory(
+        &pool,
+        ExecutorPolicy::without_snapshots().without_group_commit(),
+    );
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let items = items.clone();
+            tokio::spawn(async move {
+                items
+                    .execute("SKU", restock(1), CommandOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let transactions: HashSet<String> = transactions(&pool, "SKU").await.into_values().collect();
+    assert_eq!(transactions.len(), 11);
+}

@@ -6,7 +6,9 @@
 //!   gap-safe reader of the global log that projections, sagas and the Kafka relay follow.
 //! - [`commands`]: executes a command against an aggregate: load, decide, append, with
 //!   optimistic concurrency, bounded retries, `If-Match` versions and idempotency keys
-//!   recorded atomically with the events.
+//!   recorded atomically with the events, and group commit.
+//! - [`batching`]: the queue behind group commits (one committer at a time takes what
+//!   waits).
 //! - [`projection`]: the worker that follows the log into database-only effects (read
 //!   models, the saga's trigger): checkpoint and effects in one transaction, one live
 //!   instance per projection, poison events parked.
@@ -18,6 +20,7 @@
 //! Deliberately not here: HTTP (the `write-side` and `read-side` crates) and business rules
 //! (the `domain` crate).
 
+pub mod batching;
 pub mod catalog;
 pub mod channels;
 pub mod clock;

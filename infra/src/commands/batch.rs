@@ -24,7 +24,6 @@
 //! unknown, and a retry with an idempotency key resolves it, as for a command run alone.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use cqrs_es::Aggregate;
@@ -36,6 +35,7 @@ use super::{
     Cached, CommandExecutor, CommandOptions, Committed, CommittedWithEvents, ExecuteError,
     IdempotencyKey,
 };
+use crate::batching::BatchQueue;
 use crate::event_store::StoreError;
 use crate::event_store::stream::{self, AppendError, StreamAppend};
 use crate::keyed_lock::KeyGuard;
@@ -74,77 +74,7 @@ where
 }
 
 /// The queue of an executor's batches.
-pub(super) struct Batcher<A: Aggregate>
-where
-    A::Error: 'static,
-{
-    state: Mutex<Queue<A>>,
-}
-
-struct Queue<A: Aggregate>
-where
-    A::Error: 'static,
-{
-    requests: Vec<Request<A>>,
-    committing: bool,
-}
-
-impl<A: Aggregate> Batcher<A>
-where
-    A::Error: 'static,
-{
-    pub fn new() -> Self {
-        Self {
-            state: Mutex::new(Queue {
-                requests: Vec::new(),
-                committing: false,
-            }),
-        }
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue<A>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues `request`; true when no committer runs and the caller must start one.
-    pub fn push(&self, request: Request<A>) -> bool {
-        let mut queue = self.queue();
-        queue.requests.push(request);
-        !std::mem::replace(&mut queue.committing, true)
-    }
-
-    /// The next batch, or `None` (and the committer ends) when nothing waits.
-    fn next(&self) -> Option<Vec<Request<A>>> {
-        let mut queue = self.queue();
-        if queue.requests.is_empty() {
-            queue.committing = false;
-            return None;
-        }
-        let take = queue.requests.len().min(MAX_BATCH);
-        Some(queue.requests.drain(..take).collect())
-    }
-}
-
-/// Ends the committer's turn even if a batch panicked: the waiting commands' replies are
-/// dropped (their callers run them alone) and the next command starts a new committer.
-struct Turn<'b, A: Aggregate>(&'b Batcher<A>)
-where
-    A::Error: 'static;
-
-impl<A: Aggregate> Drop for Turn<'_, A>
-where
-    A::Error: 'static,
-{
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut queue = self.0.queue();
-            queue.requests.clear();
-            queue.committing = false;
-        }
-    }
-}
+pub(super) type Batcher<A> = BatchQueue<Request<A>>;
 
 /// One command's part of a batch, once decided.
 struct Planned<A: Aggregate> {
@@ -182,7 +112,7 @@ where
     /// Runs batches until the queue is empty.
     pub(super) async fn commit_batches(self) {
         let batcher = self.batcher.clone();
-        let _turn = Turn(&batcher);
+        let _turn = batcher.turn();
         while let Some(batch) = batcher.next() {
             self.commit_batch(batch).await;
         }

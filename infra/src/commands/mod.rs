@@ -31,7 +31,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::event_store::notify::AppendNotifier;
 use crate::event_store::stream::{self, AppendError, SnapshotPolicy};
 use crate::event_store::{EventMetadata, StoreError, StreamId, is_lock_timeout};
-use crate::keyed_lock::{KeyGuard, KeyedLocks};
+use crate::keyed_lock::KeyedLocks;
 
 /// The version a caller expects the aggregate to be at (from `If-Match`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,24 +197,6 @@ impl ExecutorPolicy {
     }
 }
 
-/// What [`CommandExecutor::execute_in`] leaves for after the caller's commit: the state to
-/// cache and the wake-up to send.
-#[must_use = "pass it to CommandExecutor::after_commit once the transaction committed"]
-pub struct AfterCommit<A> {
-    aggregate_id: String,
-    cached: Option<Cached<A>>,
-    appended: bool,
-}
-
-impl<A> std::fmt::Debug for AfterCommit<A> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AfterCommit")
-            .field("aggregate_id", &self.aggregate_id)
-            .field("appended", &self.appended)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A state this executor committed.
 #[derive(Clone)]
 struct Cached<A> {
@@ -343,7 +325,7 @@ where
             locks: KeyedLocks::new(),
             upcasters: Arc::new(Vec::new()),
             cache: Arc::new(Mutex::new(StateCache::new(policy.cached_states))),
-            batcher: Arc::new(batch::Batcher::new()),
+            batcher: Arc::new(batch::Batcher::new(batch::MAX_BATCH)),
             _aggregate: PhantomData,
         }
     }
@@ -444,55 +426,6 @@ where
                     attempt += 1;
                 }
             }
-        }
-    }
-
-    /// The lock [`execute_in`](Self::execute_in) needs held until its transaction ends.
-    pub async fn lock(&self, aggregate_id: &str) -> KeyGuard {
-        self.locks.lock(aggregate_id).await
-    }
-
-    /// Runs `command` once inside the caller's transaction, so that its events commit
-    /// together with the caller's own writes (a saga step and the saga's new state). The
-    /// caller holds [`lock`](Self::lock) for the aggregate until the transaction ends, and
-    /// after a commit passes the returned [`AfterCommit`] to
-    /// [`after_commit`](Self::after_commit).
-    ///
-    /// There are no retries here: `Conflict { attempts: 1 }` means another process won the
-    /// race and the transaction is aborted; the caller rolls back and tries again later.
-    /// After any other error the transaction is still usable (nothing was written).
-    pub async fn execute_in(
-        &self,
-        conn: &mut PgConnection,
-        aggregate_id: &str,
-        command: A::Command,
-        options: &CommandOptions,
-    ) -> Result<(CommittedWithEvents<A>, AfterCommit<A>), ExecuteError<A::Error>> {
-        match self.run(conn, aggregate_id, command, options, true).await {
-            Attempt::Done(committed, events, cached) => {
-                let after = AfterCommit {
-                    aggregate_id: aggregate_id.to_owned(),
-                    cached: cached.filter(|_| !committed.replayed),
-                    appended: committed.appended > 0,
-                };
-                Ok(((committed, events), after))
-            }
-            Attempt::Conflict => {
-                self.cache().forget(aggregate_id);
-                Err(ExecuteError::Conflict { attempts: 1 })
-            }
-            Attempt::Failed(err) => Err(err),
-        }
-    }
-
-    /// Caches the state [`execute_in`](Self::execute_in) produced and wakes the log's
-    /// followers; call it only once the caller's transaction committed.
-    pub fn after_commit(&self, after: AfterCommit<A>) {
-        if after.appended {
-            self.notifier.committed();
-        }
-        if let Some(cached) = after.cached {
-            self.cache().put(&after.aggregate_id, cached);
         }
     }
 

@@ -19,14 +19,17 @@ use domain::ports::{
 };
 use domain::rejection::Rejection;
 use domain::text::DeclineReason;
-use infra::commands::{CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy};
+use infra::commands::{
+    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, IdempotencyKey,
+};
 use infra::event_store::{EventLog, EventMetadata};
 use rand::Rng;
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::order_fulfillment::{Action, Fulfillment, Outcome, Signals, Stage, apply, next_action};
+use super::order_fulfillment::{Action, Fulfillment, Outcome, Stage, apply, next_action};
 use super::store::{self, Claimed, Save};
 
 /// How a runner works.
@@ -99,6 +102,8 @@ pub struct Runner<G> {
     items: CommandExecutor<InventoryItem>,
     payments: CommandExecutor<Payment>,
     log: EventLog,
+    /// The saga's saves, group-committed.
+    saves: Arc<store::SaveBatcher>,
     gateway: Arc<G>,
     clock: Arc<dyn Clock>,
     crash_after: Option<CrashAfter>,
@@ -119,12 +124,14 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         clock: Arc<dyn Clock>,
         config: RunnerConfig,
     ) -> Arc<Self> {
+        let id = format!(
+            "saga-pid{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         Arc::new(Self {
-            id: format!(
-                "saga-pid{}-{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
+            saves: store::SaveBatcher::new(pool.clone(), id.clone()),
+            id,
             orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
             items: CommandExecutor::new(pool.clone(), (), crate::state::inventory_policy()),
             payments: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
@@ -235,23 +242,20 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     release: true,
                     lease: self.config.lease,
                 };
-                if let Err(err) = store::save(&self.pool, &self.id, &claimed, save).await {
+                if let Err(err) = self.saves.save(&claimed, save).await {
                     tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
                 }
                 return;
             };
             let stage_before = claimed.saga.stage.clone();
-            let mut tx = StepTx::new(&self.pool);
-            match self.perform(&mut tx, &claimed.saga, &action).await {
+            match self.perform(&claimed.saga, &action).await {
                 Ok(outcome) => {
                     if self
                         .crash_after
                         .as_ref()
                         .is_some_and(|crash| crash(&action))
                     {
-                        tracing::warn!(action = %action, "crashing on purpose before the step commits");
-                        // What a crash does to the open transaction.
-                        tx.rollback().await;
+                        tracing::warn!(action = %action, "crashing on purpose before saving the outcome");
                         return;
                     }
                     tracing::debug!(action = %action, ?outcome, "saga step done");
@@ -269,7 +273,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                         release: false,
                         lease: self.config.lease,
                     };
-                    match tx.save_and_commit(&self.id, &claimed, save).await {
+                    match self.saves.save(&claimed, save).await {
                         Ok(Some((signals, seen))) => {
                             claimed.signals = signals;
                             claimed.seen = seen;
@@ -287,7 +291,6 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     }
                 }
                 Err(StepError::Transient(error)) => {
-                    tx.rollback().await;
                     let attempts = claimed.attempts.saturating_add(1);
                     let mut due = now
                         + chrono::Duration::from_std(self.backoff(attempts)).unwrap_or_default();
@@ -306,13 +309,12 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                         release: true,
                         lease: self.config.lease,
                     };
-                    if let Err(err) = store::save(&self.pool, &self.id, &claimed, save).await {
+                    if let Err(err) = self.saves.save(&claimed, save).await {
                         tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
                     }
                     return;
                 }
                 Err(StepError::Fatal(error)) => {
-                    tx.rollback().await;
                     tracing::error!(action = %action, error, "saga failed; an operator must retry it");
                     claimed.saga.stage = Stage::Failed {
                         error: error.clone(),
@@ -326,7 +328,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                         release: true,
                         lease: self.config.lease,
                     };
-                    if let Err(err) = store::save(&self.pool, &self.id, &claimed, save).await {
+                    if let Err(err) = self.saves.save(&claimed, save).await {
                         tracing::error!(error = %infra::telemetry::err_chain(&err), "failed to save a saga");
                     }
                     return;
@@ -335,31 +337,26 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         }
     }
 
-    /// Command options for a step: its key as a tag, the saga's order as correlation and its
-    /// starting event as cause.
+    /// Command options for a step: its key (so a repeated step replays its first outcome),
+    /// the saga's order as correlation and its starting event as cause.
     fn options(&self, saga: &Fulfillment, step: &str) -> CommandOptions {
         let key = saga.key(step);
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         CommandOptions {
             expected_version: None,
-            // The step commits with the saga's progress, so it never runs twice and needs no
-            // claimed key (two statements per step); its key still tags its events.
-            idempotency: None,
+            // Keys are built from a UUID and a step name: always valid.
+            idempotency: IdempotencyKey::new(&key, digest).ok(),
             metadata: EventMetadata {
                 correlation_id: Some(saga.order_id.as_uuid()),
                 causation_id: Some(saga.placed_event_id),
-                idempotency_key: Some(key),
+                idempotency_key: None,
                 extra: Default::default(),
             },
             new_aggregate: false,
         }
     }
 
-    async fn perform(
-        &self,
-        tx: &mut StepTx<'_>,
-        saga: &Fulfillment,
-        action: &Action,
-    ) -> Result<Outcome, StepError> {
+    async fn perform(&self, saga: &Fulfillment, action: &Action) -> Result<Outcome, StepError> {
         let order_id = saga.order_id;
         let order = order_id.to_string();
         let at = self.clock.now();
@@ -372,7 +369,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     at,
                 };
                 match self
-                    .command_in(tx, &self.items, sku.as_str(), command, saga, &step)
+                    .command(&self.items, sku.as_str(), command, saga, &step)
                     .await
                 {
                     Ok((_, events)) => {
@@ -403,7 +400,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     lines: lines.clone(),
                     at,
                 };
-                self.order_command(tx, &order, command, saga, &step, Outcome::Recorded)
+                self.order_command(&order, command, saga, &step, Outcome::Recorded)
                     .await
             }
             Action::Authorize { amount } => {
@@ -435,7 +432,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                             authorization_id: authorization_id.clone(),
                             at,
                         };
-                        self.payment_command(tx, &order, command, saga, "payment-authorized")
+                        self.payment_command(&order, command, saga, "payment-authorized")
                             .await?;
                         Ok(Outcome::Authorized(authorization_id))
                     }
@@ -446,7 +443,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                             reason,
                             at,
                         };
-                        self.payment_command(tx, &order, command, saga, "payment-declined")
+                        self.payment_command(&order, command, saga, "payment-declined")
                             .await?;
                         Ok(Outcome::Declined)
                     }
@@ -458,7 +455,6 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     .await
                     .map_err(gateway_error)?;
                 self.payment_command(
-                    tx,
                     &order,
                     PaymentCommand::Capture { at },
                     saga,
@@ -469,7 +465,6 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             }
             Action::Confirm => {
                 self.order_command(
-                    tx,
                     &order,
                     OrderCommand::Confirm { at },
                     saga,
@@ -491,14 +486,8 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     .void(authorization, &saga.key("gateway-void"))
                     .await
                     .map_err(gateway_error)?;
-                self.payment_command(
-                    tx,
-                    &order,
-                    PaymentCommand::Void { at },
-                    saga,
-                    "payment-voided",
-                )
-                .await?;
+                self.payment_command(&order, PaymentCommand::Void { at }, saga, "payment-voided")
+                    .await?;
                 Ok(Outcome::Voided)
             }
             Action::Refund {
@@ -515,13 +504,13 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     amount: *amount,
                     at,
                 };
-                self.payment_command(tx, &order, command, saga, "payment-refunded")
+                self.payment_command(&order, command, saga, "payment-refunded")
                     .await?;
                 Ok(Outcome::Refunded)
             }
             Action::Release { sku } => {
                 let command = InventoryCommand::Release { order_id, at };
-                self.command_in(tx, &self.items, sku.as_str(), command, saga, &step)
+                self.command(&self.items, sku.as_str(), command, saga, &step)
                     .await
                     .map_err(executor_error)?;
                 Ok(Outcome::Released { sku: sku.clone() })
@@ -531,12 +520,12 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     reason: *reason,
                     at,
                 };
-                self.order_command(tx, &order, command, saga, &step, Outcome::OrderCancelled)
+                self.order_command(&order, command, saga, &step, Outcome::OrderCancelled)
                     .await
             }
             Action::Commit { sku } => {
                 let command = InventoryCommand::Commit { order_id, at };
-                self.command_in(tx, &self.items, sku.as_str(), command, saga, &step)
+                self.command(&self.items, sku.as_str(), command, saga, &step)
                     .await
                     .map_err(executor_error)?;
                 Ok(Outcome::Committed { sku: sku.clone() })
@@ -547,17 +536,13 @@ impl<G: PaymentGateway + 'static> Runner<G> {
     /// Runs an order command; a refusal because the customer cancelled is an outcome.
     async fn order_command(
         &self,
-        tx: &mut StepTx<'_>,
         order: &str,
         command: OrderCommand,
         saga: &Fulfillment,
         step: &str,
         success: Outcome,
     ) -> Result<Outcome, StepError> {
-        match self
-            .command_in(tx, &self.orders, order, command, saga, step)
-            .await
-        {
+        match self.command(&self.orders, order, command, saga, step).await {
             Ok(_) => Ok(success),
             Err(ExecuteError::Rejected(OrderError::Cancelled { .. })) => {
                 Ok(Outcome::CancelledByCustomer)
@@ -568,13 +553,12 @@ impl<G: PaymentGateway + 'static> Runner<G> {
 
     async fn payment_command(
         &self,
-        tx: &mut StepTx<'_>,
         order: &str,
         command: PaymentCommand,
         saga: &Fulfillment,
         step: &str,
     ) -> Result<(), StepError> {
-        self.command_in(tx, &self.payments, order, command, saga, step)
+        self.command(&self.payments, order, command, saga, step)
             .await
             .map(|_| ())
             .map_err(executor_error)
@@ -612,11 +596,10 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             })
     }
 
-    /// Runs a step's command in the step's transaction (which the saga's new state joins),
-    /// holding the aggregate's lock until the transaction ends.
-    async fn command_in<A>(
+    /// Runs a step's command with the step's key: group-committed with whatever else the
+    /// process is writing, and replayed, not repeated, when the step runs again.
+    async fn command<A>(
         &self,
-        tx: &mut StepTx<'_>,
         executor: &CommandExecutor<A>,
         aggregate_id: &str,
         command: A::Command,
@@ -628,88 +611,8 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         A::Command: Clone + Send + Sync,
         A::Error: Send + 'static,
     {
-        tx.guard = Some(executor.lock(aggregate_id).await);
-        let conn = tx.conn().await.map_err(|source| {
-            ExecuteError::Store(infra::event_store::StoreError::Transaction {
-                operation: "begin",
-                source,
-            })
-        })?;
-        let (done, after) = executor
-            .execute_in(conn, aggregate_id, command, &self.options(saga, step))
-            .await?;
-        let executor = executor.clone();
-        tx.after = Some(Box::new(move || executor.after_commit(after)));
-        Ok(done)
-    }
-}
-
-/// The transaction of one step: begun by the step's command (after any gateway call, so no
-/// transaction waits on the network), joined by the saga's save, so the command's events and
-/// the saga's progress commit together or not at all.
-struct StepTx<'p> {
-    pool: &'p PgPool,
-    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
-    guard: Option<infra::keyed_lock::KeyGuard>,
-    after: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl<'p> StepTx<'p> {
-    fn new(pool: &'p PgPool) -> Self {
-        Self {
-            pool,
-            tx: None,
-            guard: None,
-            after: None,
-        }
-    }
-
-    async fn conn(&mut self) -> Result<&mut sqlx::PgConnection, sqlx::Error> {
-        if self.tx.is_none() {
-            self.tx = Some(self.pool.begin().await?);
-        }
-        Ok(self.tx.as_mut().expect("begun above"))
-    }
-
-    /// Saves the saga in the step's transaction (or alone, for a step that wrote nothing)
-    /// and commits.
-    async fn save_and_commit(
-        mut self,
-        runner: &str,
-        claimed: &Claimed,
-        save: Save<'_>,
-    ) -> Result<Option<(Signals, i64)>, store::SagaStoreError> {
-        let Some(mut tx) = self.tx.take() else {
-            return store::save(self.pool, runner, claimed, save).await;
-        };
-        let saved = match store::save(&mut *tx, runner, claimed, save).await {
-            Ok(saved) => saved,
-            Err(err) => {
-                let _ = tx.rollback().await;
-                return Err(err);
-            }
-        };
-        if saved.is_none() {
-            // The claim was lost: the step must not take effect either.
-            let _ = tx.rollback().await;
-            return Ok(None);
-        }
-        tx.commit()
+        executor
+            .execute_with_events(aggregate_id, command, self.options(saga, step))
             .await
-            .map_err(|source| store::SagaStoreError::Database {
-                operation: "commit",
-                source,
-            })?;
-        drop(self.guard.take());
-        if let Some(after) = self.after.take() {
-            after();
-        }
-        Ok(saved)
-    }
-
-    async fn rollback(mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.rollback().await;
-        }
     }
 }

@@ -4,11 +4,15 @@
 //! claim writes `state` (never touching the signals). Claims are leases: a runner that dies
 //! loses its sagas when `claimed_until` passes, and another runner takes them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::ids::OrderId;
+use infra::batching::BatchQueue;
 use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::oneshot;
 
 use super::order_fulfillment::{Fulfillment, Signals, Stage};
 
@@ -30,6 +34,9 @@ pub enum SagaStoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// A group-committed save failed (the message of the statement's error).
+    #[error("failed to save saga state: {0}")]
+    Batch(String),
     #[error("the state of saga {order_id} is unreadable")]
     Decode {
         order_id: String,
@@ -139,55 +146,190 @@ pub struct Save<'a> {
     pub lease: Duration,
 }
 
-/// Saves the state if this runner still holds the claim. Returns the current signals, or
-/// `None` when the claim was lost (the lease expired and another runner took the saga). On
-/// the pool, or in the transaction of the step whose outcome it saves.
-pub async fn save<'e>(
-    db: impl sqlx::PgExecutor<'e>,
+/// One saga's save, owned, for [`save_many`].
+#[derive(Debug, Clone)]
+pub struct SaveRow {
+    order_id: uuid::Uuid,
+    state: serde_json::Value,
+    stage: &'static str,
+    next_step: Option<String>,
+    seen: i64,
+    due_at: Option<DateTime<Utc>>,
+    attempts: i32,
+    last_error: Option<String>,
+    release: bool,
+    lease_ms: f64,
+}
+
+impl SaveRow {
+    pub fn new(claimed: &Claimed, save: Save<'_>) -> Self {
+        Self {
+            order_id: claimed.saga.order_id.as_uuid(),
+            state: encode(&claimed.saga),
+            stage: claimed.saga.stage.name(),
+            next_step: save.next_step.map(str::to_owned),
+            seen: claimed.seen,
+            due_at: save.due_at,
+            attempts: save.attempts,
+            last_error: save.last_error.map(str::to_owned),
+            release: save.release,
+            lease_ms: save.lease.as_millis() as f64,
+        }
+    }
+}
+
+/// Saves many sagas' states in one statement (each saga at most once), where `runner` still
+/// holds the claim. Returns the current signals of each saga saved; a saga missing from the answer
+/// lost its claim.
+pub async fn save_many(
+    pool: &PgPool,
     runner: &str,
-    claimed: &Claimed,
-    save: Save<'_>,
-) -> Result<Option<(Signals, i64)>, SagaStoreError> {
-    let row = sqlx::query(
-        "UPDATE fulfillment_sagas
-            SET state = $3, stage = $4, next_step = $5,
+    rows: &[SaveRow],
+) -> Result<HashMap<uuid::Uuid, (Signals, i64)>, SagaStoreError> {
+    let order_ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.order_id).collect();
+    let states: Vec<&serde_json::Value> = rows.iter().map(|r| &r.state).collect();
+    let stages: Vec<&str> = rows.iter().map(|r| r.stage).collect();
+    let next_steps: Vec<Option<&str>> = rows.iter().map(|r| r.next_step.as_deref()).collect();
+    let seen: Vec<i64> = rows.iter().map(|r| r.seen).collect();
+    let due_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.due_at).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
+    let release: Vec<bool> = rows.iter().map(|r| r.release).collect();
+    let lease: Vec<f64> = rows.iter().map(|r| r.lease_ms).collect();
+    let saved = sqlx::query(
+        "UPDATE fulfillment_sagas s
+            SET state = r.state, stage = r.stage, next_step = r.next_step,
                 -- A signal that arrived meanwhile makes the saga due at once.
-                due_at = CASE WHEN signals <> $6 THEN now() ELSE $7 END,
-                attempts = $8,
-                last_error = CASE WHEN $9::text IS NULL AND $8 = 0 THEN NULL ELSE COALESCE($9, last_error) END,
-                last_error_at = CASE WHEN $9::text IS NULL THEN last_error_at ELSE now() END,
-                stage_since = CASE WHEN stage <> $4 THEN now() ELSE stage_since END,
+                due_at = CASE WHEN s.signals <> r.seen THEN now() ELSE r.due_at END,
+                attempts = r.attempts,
+                last_error = CASE WHEN r.last_error IS NULL AND r.attempts = 0 THEN NULL
+                                  ELSE COALESCE(r.last_error, s.last_error) END,
+                last_error_at = CASE WHEN r.last_error IS NULL THEN s.last_error_at ELSE now() END,
+                stage_since = CASE WHEN s.stage <> r.stage THEN now() ELSE s.stage_since END,
                 updated_at = now(),
-                claimed_by = CASE WHEN $10 THEN NULL ELSE claimed_by END,
-                claimed_until = CASE WHEN $10 THEN NULL
-                                     ELSE now() + $11 * interval '1 millisecond' END
-          WHERE order_id = $1 AND claimed_by = $2
-          RETURNING cancel_requested, ship_requested, signals",
+                claimed_by = CASE WHEN r.release THEN NULL ELSE s.claimed_by END,
+                claimed_until = CASE WHEN r.release THEN NULL
+                                     ELSE now() + r.lease * interval '1 millisecond' END
+           FROM UNNEST($2::uuid[], $3::jsonb[], $4::text[], $5::text[], $6::bigint[],
+                       $7::timestamptz[], $8::int[], $9::text[], $10::bool[], $11::float8[])
+                AS r(order_id, state, stage, next_step, seen, due_at, attempts, last_error,
+                     release, lease)
+          WHERE s.order_id = r.order_id AND s.claimed_by = $1
+          RETURNING s.order_id, s.cancel_requested, s.ship_requested, s.signals",
     )
-    .bind(claimed.saga.order_id.as_uuid())
     .bind(runner)
-    .bind(encode(&claimed.saga))
-    .bind(claimed.saga.stage.name())
-    .bind(save.next_step)
-    .bind(claimed.seen)
-    .bind(save.due_at)
-    .bind(save.attempts)
-    .bind(save.last_error)
-    .bind(save.release)
-    .bind(save.lease.as_millis() as f64)
-    .fetch_optional(db)
+    .bind(&order_ids)
+    .bind(&states)
+    .bind(&stages)
+    .bind(&next_steps)
+    .bind(&seen)
+    .bind(&due_at)
+    .bind(&attempts)
+    .bind(&errors)
+    .bind(&release)
+    .bind(&lease)
+    .fetch_all(pool)
     .await
     .map_err(database("save"))?;
-    row.map(|row| {
-        Ok((
-            Signals {
-                cancel_requested: row.try_get("cancel_requested").map_err(database("read"))?,
-                ship_requested: row.try_get("ship_requested").map_err(database("read"))?,
-            },
-            row.try_get("signals").map_err(database("read"))?,
-        ))
-    })
-    .transpose()
+    saved
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("order_id").map_err(database("read"))?,
+                (
+                    Signals {
+                        cancel_requested: row
+                            .try_get("cancel_requested")
+                            .map_err(database("read"))?,
+                        ship_requested: row.try_get("ship_requested").map_err(database("read"))?,
+                    },
+                    row.try_get("signals").map_err(database("read"))?,
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// A save waiting for its batch.
+struct Pending {
+    row: SaveRow,
+    reply: oneshot::Sender<Result<Option<(Signals, i64)>, String>>,
+}
+
+/// Group commit of one runner's saves: the saves that arrive while one statement runs share
+/// the next, in a transaction of their own (one statement, one commit).
+pub struct SaveBatcher {
+    pool: PgPool,
+    runner: String,
+    queue: BatchQueue<Pending>,
+}
+
+impl std::fmt::Debug for SaveBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaveBatcher")
+            .field("runner", &self.runner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SaveBatcher {
+    /// Sagas per statement at most.
+    pub const MAX_BATCH: usize = 128;
+
+    pub fn new(pool: PgPool, runner: String) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            runner,
+            queue: BatchQueue::new(Self::MAX_BATCH),
+        })
+    }
+
+    /// Saves the state if this runner still holds the claim, group-committed. Returns the
+    /// current signals, or `None` when the claim was lost (the lease expired and another
+    /// runner took the saga). A failed statement fails every save in it (each caller lets
+    /// its claim expire; the step is repeated, harmlessly).
+    pub async fn save(
+        self: &Arc<Self>,
+        claimed: &Claimed,
+        save: Save<'_>,
+    ) -> Result<Option<(Signals, i64)>, SagaStoreError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            row: SaveRow::new(claimed, save),
+            reply,
+        };
+        if self.queue.push(pending) {
+            let batcher = self.clone();
+            tokio::spawn(async move { batcher.commit().await });
+        }
+        match answer.await {
+            Ok(Ok(saved)) => Ok(saved),
+            Ok(Err(message)) => Err(SagaStoreError::Batch(message)),
+            Err(_) => Err(SagaStoreError::Batch(
+                "the save batch ended without an answer".to_owned(),
+            )),
+        }
+    }
+
+    async fn commit(&self) {
+        let _turn = self.queue.turn();
+        while let Some(batch) = self.queue.next() {
+            let rows: Vec<SaveRow> = batch.iter().map(|pending| pending.row.clone()).collect();
+            match save_many(&self.pool, &self.runner, &rows).await {
+                Ok(mut saved) => {
+                    for pending in batch {
+                        let _ = pending.reply.send(Ok(saved.remove(&pending.row.order_id)));
+                    }
+                }
+                Err(err) => {
+                    let message = infra::telemetry::err_chain(&err);
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What an operator's retry did.

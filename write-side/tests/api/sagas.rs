@@ -226,9 +226,9 @@ async fn events_delivered_twice_reserve_charge_and_refund_once(pool: PgPool) {
     shop.stop().await;
 }
 
-/// The saga dies right after each kind of step, before the step's transaction (its command
-/// and the saga's progress) commits, when its gateway call has already taken effect; then it
-/// restarts: every step runs again, and none has a second effect.
+/// The saga dies right after each kind of step took effect (its command committed, its
+/// gateway call made) and before it saved the outcome, then restarts: every step runs again,
+/// and none has a second effect.
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_saga_killed_between_a_step_and_its_checkpoint_repeats_the_step_harmlessly(pool: PgPool) {
     let crashed: Arc<std::sync::Mutex<HashMap<String, bool>>> = Arc::default();

@@ -2,15 +2,18 @@
 //! the query API, as clients would) and reads timings that only the database knows (when a
 //! reservation was committed) from the event log.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use infra::event_store::Checkpoint;
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -387,8 +390,11 @@ impl Load {
 
     /// Cases 3 and 4: orders placed open loop at a fixed rate. After each POST the client
     /// reads the order from the query API with the consistency token (its latency is the
-    /// projection lag a client sees), then polls until it shows `confirmed` (every 10 ms
-    /// for the first 250 ms, every 50 ms after).
+    /// projection lag a client sees). One follower of the global log (as any service would
+    /// follow it) hands each order the position of its `OrderConfirmed` event; the client
+    /// then reads the order with that position as its consistency token and checks that it
+    /// shows `confirmed`. End to end: POST sent -> that read answered. One read per order
+    /// instead of polling, so the measurement does not load the services it measures.
     pub async fn saga(&self, s: &Settings) -> anyhow::Result<Vec<Row>> {
         let mut confirmed_rates = Vec::new();
         let mut placed_rates = Vec::new();
@@ -398,15 +404,23 @@ impl Load {
         let mut first_failure = None;
         for _ in 0..s.runs {
             let n = (s.saga_rate * s.saga_seconds).round() as u64;
+            let outcomes = Arc::new(std::sync::Mutex::new(Outcomes::default()));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let follower = tokio::spawn(follow_outcomes(
+                self.pool.clone(),
+                outcomes.clone(),
+                stop.clone(),
+            ));
             let start = tokio::time::Instant::now();
             let mut tasks = JoinSet::new();
             for i in 0..n {
                 let at = start + Duration::from_secs_f64(i as f64 / s.saga_rate);
-                let (client, write, read, skus) = (
+                let (client, write, read, skus, outcomes) = (
                     self.client.clone(),
                     self.write.clone(),
                     self.read.clone(),
                     self.skus.clone(),
+                    outcomes.clone(),
                 );
                 tasks.spawn(async move {
                     tokio::time::sleep_until(at).await;
@@ -414,9 +428,10 @@ impl Load {
                     let sku = skus[i as usize % skus.len()].clone();
                     let (id, position) = Self::place(&client, &write, &sku).await?;
                     let acked = Instant::now();
-                    let url = format!("{read}/orders/{id}");
+                    let outcome = Outcomes::wait_for(&outcomes, &id);
+                    let url = format!("{read}/orders/{id}?wait=10s");
                     let first = client
-                        .get(format!("{url}?wait=10s"))
+                        .get(&url)
                         .header("X-Consistency-Token", position.to_string())
                         .send()
                         .await?;
@@ -424,29 +439,29 @@ impl Load {
                         bail!("GET {url} with its token: {}", first.status());
                     }
                     let lag = acked.elapsed();
-                    let mut body: Value = first.json().await?;
-                    let give_up = Instant::now() + Duration::from_secs(30);
-                    loop {
-                        match body["status"].as_str() {
-                            Some("confirmed") => break,
-                            Some("cancelled") => {
-                                bail!("order {id} was cancelled: {}", body["cancel_reason"])
+                    let confirmed_at =
+                        match tokio::time::timeout(Duration::from_secs(30), outcome).await {
+                            Ok(Ok(Ok(position))) => position,
+                            Ok(Ok(Err(position))) => {
+                                bail!("order {id} was cancelled (position {position})")
                             }
-                            _ if Instant::now() > give_up => {
-                                bail!("order {id} not confirmed after 30 s")
-                            }
-                            _ => {}
-                        }
-                        // Every 10 ms for the first 250 ms, then every 50 ms: when the
-                        // sagas fall behind, fast polling of a long queue would load the
-                        // very services being measured.
-                        let pause = if acked.elapsed() < Duration::from_millis(250) {
-                            10
-                        } else {
-                            50
+                            Ok(Err(_)) => bail!("the log follower stopped"),
+                            Err(_) => bail!("order {id} not confirmed after 30 s"),
                         };
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
-                        body = client.get(&url).send().await?.json().await?;
+                    let read = client
+                        .get(&url)
+                        .header("X-Consistency-Token", confirmed_at.to_string())
+                        .send()
+                        .await?;
+                    if read.status() != reqwest::StatusCode::OK {
+                        bail!("GET {url} with the confirmation's token: {}", read.status());
+                    }
+                    let body: Value = read.json().await?;
+                    if body["status"] != "confirmed" {
+                        bail!(
+                            "order {id} read after its confirmation shows {}",
+                            body["status"]
+                        );
                     }
                     Ok::<_, anyhow::Error>((acked - sent, lag, sent.elapsed(), Instant::now()))
                 });
@@ -469,6 +484,8 @@ impl Load {
                     }
                 }
             }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            follower.await.context("the log follower panicked")??;
             let elapsed = (last_confirmed - start.into_std()).as_secs_f64();
             let rate = confirmed as f64 / elapsed;
             eprintln!(
@@ -480,7 +497,7 @@ impl Load {
             self.settle(s.settle_timeout).await?;
         }
         let mut saga_note = format!(
-            "offered {:.0} orders/s for {:.1} s; POST -> `confirmed` read from the query API, polled every 10 ms (50 ms after 250 ms)",
+            "offered {:.0} orders/s for {:.1} s; POST -> `confirmed` read from the query API with the position of OrderConfirmed as consistency token",
             s.saga_rate, s.saga_seconds
         );
         if let Some(e) = error_note(failures, &first_failure) {
@@ -588,4 +605,88 @@ pub fn peak_rss(services: &[(String, u32)]) -> anyhow::Result<Vec<Row>> {
             )
         })
         .collect()
+}
+
+/// What the log follower saw of each order: the position of its `OrderConfirmed` (`Ok`) or
+/// `OrderCancelled` (`Err`), and the clients waiting for one.
+#[derive(Default)]
+struct Outcomes {
+    seen: HashMap<String, Result<i64, i64>>,
+    waiting: HashMap<String, oneshot::Sender<Result<i64, i64>>>,
+}
+
+impl Outcomes {
+    fn wait_for(
+        outcomes: &std::sync::Mutex<Self>,
+        order_id: &str,
+    ) -> oneshot::Receiver<Result<i64, i64>> {
+        let (sender, receiver) = oneshot::channel();
+        let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        match outcomes.seen.remove(order_id) {
+            Some(outcome) => {
+                let _ = sender.send(outcome);
+            }
+            None => {
+                outcomes.waiting.insert(order_id.to_owned(), sender);
+            }
+        }
+        receiver
+    }
+
+    fn saw(&mut self, order_id: &str, outcome: Result<i64, i64>) {
+        match self.waiting.remove(order_id) {
+            Some(sender) => {
+                let _ = sender.send(outcome);
+            }
+            None => {
+                self.seen.insert(order_id.to_owned(), outcome);
+            }
+        }
+    }
+}
+
+/// Follows the global log from its current end (gap-safe, with the event store's reader)
+/// until `stop`, handing orders their confirmations and cancellations.
+async fn follow_outcomes(
+    pool: PgPool,
+    outcomes: Arc<std::sync::Mutex<Outcomes>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    let log = infra::event_store::EventLog::new(pool.clone());
+    let last: Option<(String, i64)> = sqlx::query_as(
+        "SELECT transaction_id::text, position FROM events
+          ORDER BY transaction_id DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(&pool)
+    .await?;
+    let mut checkpoint = match last {
+        Some((transaction_id, position)) => Checkpoint {
+            transaction_id: transaction_id.parse()?,
+            position,
+        },
+        None => Checkpoint::default(),
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let events = log.read_after(checkpoint, 1000).await?;
+        if events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        for event in &events {
+            match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+                ("order", "OrderConfirmed") => {
+                    outcomes.saw(&event.aggregate_id, Ok(event.position))
+                }
+                ("order", "OrderCancelled") => {
+                    outcomes.saw(&event.aggregate_id, Err(event.position))
+                }
+                _ => {}
+            }
+        }
+        if let Some(event) = events.last() {
+            checkpoint = event.checkpoint();
+        }
+    }
+    Ok(())
 }

@@ -219,6 +219,8 @@ where
         replies: &mut [Option<Reply<A>>],
     ) -> Result<Option<Written<A>>, BatchFailed> {
         let claimed = self.claim_keys(conn, batch, replies).await?;
+        let answered: Vec<bool> = replies.iter().map(Option::is_some).collect();
+        let mut preloaded = self.preload(conn, batch, &answered).await?;
         let mut tracks: HashMap<&str, Track<A>> = HashMap::new();
         let mut plans: Vec<Planned<A>> = Vec::new();
         for (index, request) in batch.iter().enumerate() {
@@ -227,7 +229,9 @@ where
             }
             let id = request.aggregate_id.as_str();
             if !tracks.contains_key(id) {
-                let track = self.track(conn, id, &request.options).await?;
+                let track = self
+                    .track(conn, id, &request.options, preloaded.remove(id))
+                    .await?;
                 tracks.insert(id, track);
             }
             let Some(track) = tracks.get_mut(id) else {
@@ -424,13 +428,47 @@ where
         Ok(mine)
     }
 
-    /// The state a batch starts from for one aggregate: cached, assumed empty (a new id), or
-    /// loaded.
+    /// Loads, in one statement, the aggregates of the batch that will need a load (not
+    /// cached, not a new id), when they have no snapshots to start from.
+    async fn preload(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[Request<A>],
+        answered: &[bool],
+    ) -> Result<HashMap<String, stream::Loaded<A>>, BatchFailed> {
+        if self.policy.snapshot.is_some() {
+            return Ok(HashMap::new());
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut ids: Vec<&str> = Vec::new();
+        {
+            let cache = self.cache();
+            for (index, request) in batch.iter().enumerate() {
+                let id = request.aggregate_id.as_str();
+                if answered[index] || !seen.insert(id) {
+                    continue;
+                }
+                if !request.options.new_aggregate && !cache.contains(id) {
+                    ids.push(id);
+                }
+            }
+        }
+        if ids.len() < 2 {
+            return Ok(HashMap::new());
+        }
+        stream::load_many::<A>(conn, &ids, &self.upcasters)
+            .await
+            .map_err(|_| BatchFailed::Retry { conflict: false })
+    }
+
+    /// The state a batch starts from for one aggregate: cached, assumed empty (a new id),
+    /// preloaded or loaded.
     async fn track(
         &self,
         conn: &mut PgConnection,
         aggregate_id: &str,
         options: &CommandOptions,
+        preloaded: Option<stream::Loaded<A>>,
     ) -> Result<Track<A>, BatchFailed> {
         let guess = self.cache().get(aggregate_id).or_else(|| {
             options.new_aggregate.then(|| Cached {
@@ -439,9 +477,15 @@ where
                 position: None,
             })
         });
-        let (aggregate, version, position, guessed) = match guess {
-            Some(cached) => (cached.aggregate, cached.version, cached.position, true),
-            None => {
+        let (aggregate, version, position, guessed) = match (guess, preloaded) {
+            (Some(cached), _) => (cached.aggregate, cached.version, cached.position, true),
+            (None, Some(loaded)) => (
+                loaded.aggregate,
+                loaded.version,
+                loaded.last_position,
+                false,
+            ),
+            (None, None) => {
                 let loaded =
                     stream::load::<A>(conn, aggregate_id, self.policy.snapshot, &self.upcasters)
                         .await

@@ -225,6 +225,10 @@ impl<A: Clone> StateCache<A> {
         self.map.get(id).cloned()
     }
 
+    fn contains(&self, id: &str) -> bool {
+        self.map.contains_key(id)
+    }
+
     fn put(&mut self, id: &str, cached: Cached<A>) {
         if self.capacity == 0 {
             return;

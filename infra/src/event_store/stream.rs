@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{EventMetadata, StoreError, StreamId, is_lock_timeout, is_unique_violation};
@@ -94,40 +95,99 @@ pub async fn load<A: Aggregate>(
         stream: stream(),
         source,
     })?;
-    let mut last_position = None;
-    for row in rows {
-        let decode_column = |source| StoreError::Load {
-            stream: stream(),
-            source,
-        };
-        let sequence: i64 = row.try_get("sequence").map_err(decode_column)?;
-        let serialized = SerializedEvent::new(
-            aggregate_id.to_owned(),
-            usize::try_from(sequence).unwrap_or(0),
-            A::TYPE.to_owned(),
-            row.try_get("event_type").map_err(decode_column)?,
-            row.try_get("event_version").map_err(decode_column)?,
-            row.try_get("payload").map_err(decode_column)?,
-            serde_json::Value::Null,
-        );
-        let serialized = upcast(serialized, upcasters);
-        let event: A::Event =
-            serde_json::from_value(serialized.payload).map_err(|source| StoreError::Decode {
-                stream: stream(),
-                sequence,
-                event_type: serialized.event_type,
-                event_version: serialized.event_version,
-                source,
-            })?;
-        aggregate.apply(event);
-        version = u64::try_from(sequence).unwrap_or(0);
-        last_position = Some(row.try_get("position").map_err(decode_column)?);
-    }
-    Ok(Loaded {
+    let mut loaded = Loaded {
         aggregate,
         version,
-        last_position,
-    })
+        last_position: None,
+    };
+    for row in &rows {
+        apply_row(&mut loaded, aggregate_id, row, upcasters)?;
+    }
+    Ok(loaded)
+}
+
+/// Loads many aggregates of one type from their events alone (no snapshots), in one
+/// statement: the uncached aggregates of a group commit. Every id gets an entry; an id
+/// without events gets the default state at version 0.
+pub async fn load_many<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_ids: &[&str],
+    upcasters: &[Box<dyn EventUpcaster>],
+) -> Result<HashMap<String, Loaded<A>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT aggregate_id, sequence, event_type, event_version, payload, position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = ANY($2)
+          ORDER BY aggregate_id, sequence",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|source| StoreError::Load {
+        stream: StreamId::new(A::TYPE, aggregate_ids.first().copied().unwrap_or("")),
+        source,
+    })?;
+    let mut loaded: HashMap<String, Loaded<A>> = aggregate_ids
+        .iter()
+        .map(|id| {
+            let empty = Loaded {
+                aggregate: A::default(),
+                version: 0,
+                last_position: None,
+            };
+            ((*id).to_owned(), empty)
+        })
+        .collect();
+    for row in &rows {
+        let id: String = row
+            .try_get("aggregate_id")
+            .map_err(|source| StoreError::Load {
+                stream: StreamId::new(A::TYPE, ""),
+                source,
+            })?;
+        if let Some(state) = loaded.get_mut(&id) {
+            apply_row(state, &id, row, upcasters)?;
+        }
+    }
+    Ok(loaded)
+}
+
+/// Upcasts, decodes and applies one stored event (a row with `sequence`, `event_type`,
+/// `event_version`, `payload`, `position`).
+fn apply_row<A: Aggregate>(
+    loaded: &mut Loaded<A>,
+    aggregate_id: &str,
+    row: &PgRow,
+    upcasters: &[Box<dyn EventUpcaster>],
+) -> Result<(), StoreError> {
+    let stream = || StreamId::new(A::TYPE, aggregate_id);
+    let decode_column = |source| StoreError::Load {
+        stream: stream(),
+        source,
+    };
+    let sequence: i64 = row.try_get("sequence").map_err(decode_column)?;
+    let serialized = SerializedEvent::new(
+        aggregate_id.to_owned(),
+        usize::try_from(sequence).unwrap_or(0),
+        A::TYPE.to_owned(),
+        row.try_get("event_type").map_err(decode_column)?,
+        row.try_get("event_version").map_err(decode_column)?,
+        row.try_get("payload").map_err(decode_column)?,
+        serde_json::Value::Null,
+    );
+    let serialized = upcast(serialized, upcasters);
+    let event: A::Event =
+        serde_json::from_value(serialized.payload).map_err(|source| StoreError::Decode {
+            stream: stream(),
+            sequence,
+            event_type: serialized.event_type,
+            event_version: serialized.event_version,
+            source,
+        })?;
+    loaded.aggregate.apply(event);
+    loaded.version = u64::try_from(sequence).unwrap_or(0);
+    loaded.last_position = Some(row.try_get("position").map_err(decode_column)?);
+    Ok(())
 }
 
 /// Applies every upcaster that claims the event, in order.

@@ -1,8 +1,10 @@
 //! The saga runner: takes due sagas, performs their next actions, saves every outcome.
 //!
-//! Each action is one command (through the command executors) and/or one payment gateway
-//! call, both carrying the saga's deterministic key for the step, so an action repeated after
-//! a crash (performed, but its outcome not saved) has no second effect. Transient failures
+//! Each action is one command (through the command executors, group-committed) and/or one
+//! payment gateway call carrying the saga's deterministic key for the step. An action
+//! repeated after a crash (performed, but its outcome not saved) has no second effect: the
+//! gateway replays its key's answer, and every command a saga sends is a no-op when its
+//! effect is already in the aggregate. Transient failures
 //! (the database, a gateway that does not answer or whose breaker is open) are retried with
 //! backoff, never past the payment deadline while charging, which is the saga's durable
 //! timer: `due_at` in PostgreSQL, so it fires after a restart too.
@@ -19,12 +21,9 @@ use domain::ports::{
 };
 use domain::rejection::Rejection;
 use domain::text::DeclineReason;
-use infra::commands::{
-    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, IdempotencyKey,
-};
+use infra::commands::{CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy};
 use infra::event_store::{EventLog, EventMetadata};
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -337,19 +336,18 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         }
     }
 
-    /// Command options for a step: its key (so a repeated step replays its first outcome),
-    /// the saga's order as correlation and its starting event as cause.
+    /// Command options for a step: its key as a tag, the saga's order as correlation and its
+    /// starting event as cause. No claimed idempotency key: every command a saga sends is
+    /// idempotent in the domain (a repeat is a no-op, decided on a fresh load), which spares
+    /// two row writes per step.
     fn options(&self, saga: &Fulfillment, step: &str) -> CommandOptions {
-        let key = saga.key(step);
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         CommandOptions {
             expected_version: None,
-            // Keys are built from a UUID and a step name: always valid.
-            idempotency: IdempotencyKey::new(&key, digest).ok(),
+            idempotency: None,
             metadata: EventMetadata {
                 correlation_id: Some(saga.order_id.as_uuid()),
                 causation_id: Some(saga.placed_event_id),
-                idempotency_key: None,
+                idempotency_key: Some(saga.key(step)),
                 extra: Default::default(),
             },
             new_aggregate: false,
@@ -596,8 +594,8 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             })
     }
 
-    /// Runs a step's command with the step's key: group-committed with whatever else the
-    /// process is writing, and replayed, not repeated, when the step runs again.
+    /// Runs a step's command, group-committed with whatever else the process is writing. A
+    /// repeated step finds its effect in the aggregate and changes nothing.
     async fn command<A>(
         &self,
         executor: &CommandExecutor<A>,

@@ -247,10 +247,34 @@ impl Load {
         }
     }
 
-    /// Case 1: orders placed on distinct orders (and spread over 100 SKUs), closed loop.
+    /// Case 1: orders placed on distinct orders (and spread over 100 SKUs), closed loop,
+    /// the system settling between runs.
     pub async fn place_orders(
         &self,
         s: &Settings,
+        order_ids: &mut Vec<String>,
+    ) -> anyhow::Result<Vec<Row>> {
+        self.place_orders_as("1. place orders", s, true, order_ids)
+            .await
+    }
+
+    /// Case 1 against the command API running alone (no saga worker, no projector, no
+    /// query API): what the command path itself sustains. Nothing to settle between runs.
+    pub async fn place_orders_alone(&self, s: &Settings) -> anyhow::Result<Vec<Row>> {
+        self.place_orders_as(
+            "1b. place orders, command API alone (no saga worker, projector or query API running)",
+            s,
+            false,
+            &mut Vec::new(),
+        )
+        .await
+    }
+
+    async fn place_orders_as(
+        &self,
+        case: &str,
+        s: &Settings,
+        settle: bool,
         order_ids: &mut Vec<String>,
     ) -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
@@ -275,15 +299,17 @@ impl Load {
                     },
                 )
                 .await;
-                eprintln!("  place orders c={c}: {:.0} orders/s", run.rate());
+                eprintln!("  {case} c={c}: {:.0} orders/s", run.rate());
                 rates.push(run.rate());
                 latencies.extend(run.latencies);
                 order_ids.extend(run.outputs);
                 errors += run.errors;
                 first_error = first_error.or(run.first_error);
-                self.settle(s.settle_timeout).await?;
+                if settle {
+                    self.settle(s.settle_timeout).await?;
+                }
             }
-            let mut row = Row::measured("1. place orders", "ops/s", &rates, &mut latencies)
+            let mut row = Row::measured(case, "ops/s", &rates, &mut latencies)
                 .concurrency(c)
                 .baseline(format!("pgbench.insert.c{c}"));
             if c == 32 {

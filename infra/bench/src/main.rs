@@ -79,6 +79,21 @@ enum Phase {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Case 1b: places orders through the command API running alone.
+    Commands {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        write_url: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        concurrency: Vec<u32>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Case 5: seeds a database and rebuilds every projection with `ordo`.
     Rebuild {
         /// A database of its own: it is migrated and seeded here.
@@ -197,6 +212,32 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("case 6: reads by key");
             rows.push(load.reads(&settings, &order_ids).await?);
             rows.extend(load::peak_rss(&services)?);
+            report::write_rows(&out, &rows)
+        }
+        Phase::Commands {
+            database_url,
+            write_url,
+            concurrency,
+            runs,
+            seconds,
+            out,
+        } => {
+            let settings = load::Settings {
+                runs,
+                seconds,
+                concurrencies: concurrency,
+                hot_concurrency: 0,
+                read_concurrency: 0,
+                saga_rate: 0.0,
+                saga_seconds: 0.0,
+                max_orders: None,
+                settle_timeout: Duration::from_secs(120),
+            };
+            let pool = pool(&database_url).await?;
+            // No query API runs in this phase.
+            let load = load::Load::new(&write_url, &write_url, pool).await?;
+            eprintln!("case 1b: place orders, command API alone");
+            let rows = load.place_orders_alone(&settings).await?;
             report::write_rows(&out, &rows)
         }
         Phase::Rebuild {

@@ -4,26 +4,19 @@ use std::collections::HashSet;
 
 use domain::inventory::{InventoryError, InventoryItem, InventoryState};
 use infra::commands::{
-    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, ExpectedVersion, IdempotencyKey,
+    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, ExpectedVersion,
 };
 use infra::event_store::EventLog;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{inventory, register, registered_item, restock};
+use crate::helpers::{inventory, keyed, register, registered_item, restock};
 
 async fn event_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await
         .expect("test setup")
-}
-
-fn keyed(key: &str, hash: u8) -> CommandOptions {
-    CommandOptions {
-        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).expect("test setup")),
-        ..CommandOptions::default()
-    }
 }
 
 async fn on_hand(pool: &PgPool, sku: &str) -> u64 {

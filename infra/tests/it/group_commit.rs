@@ -4,20 +4,11 @@
 use std::collections::{HashMap, HashSet};
 
 use domain::inventory::{InventoryCommand, InventoryError, InventoryItem};
-use infra::commands::{
-    CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy, IdempotencyKey,
-};
+use infra::commands::{CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy};
 use infra::event_store::EventLog;
 use sqlx::PgPool;
 
-use crate::helpers::{inventory, register, registered_item, restock, t};
-
-fn keyed(key: &str, hash: u8) -> CommandOptions {
-    CommandOptions {
-        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).expect("test setup")),
-        ..CommandOptions::default()
-    }
-}
+use crate::helpers::{inventory, keyed, register, registered_item, restock, t};
 
 fn order(n: u8) -> domain::ids::OrderId {
     domain::ids::OrderId::from(uuid::Uuid::from_bytes([n; 16]))

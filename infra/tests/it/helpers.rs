@@ -5,7 +5,7 @@ use domain::Timestamp;
 use domain::inventory::{InventoryCommand, InventoryItem};
 use domain::money::{Currency, Money, Quantity};
 use domain::text::{ItemName, Sku};
-use infra::commands::{CommandExecutor, CommandOptions, ExecutorPolicy};
+use infra::commands::{CommandExecutor, CommandOptions, ExecutorPolicy, IdempotencyKey};
 use infra::event_store::{Checkpoint, EventLog, StoredEvent};
 use sqlx::PgPool;
 
@@ -65,4 +65,12 @@ pub async fn follow(log: &EventLog, from: Checkpoint, count: usize) -> Vec<Store
         seen.extend(batch);
     }
     seen
+}
+
+/// Options carrying idempotency key `key` for a request whose digest is all `hash`.
+pub fn keyed(key: &str, hash: u8) -> CommandOptions {
+    CommandOptions {
+        idempotency: Some(IdempotencyKey::new(key, [hash; 32]).expect("test setup")),
+        ..CommandOptions::default()
+    }
 }

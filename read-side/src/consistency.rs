@@ -2,8 +2,8 @@
 //! as its `position` (the consistency token).
 //!
 //! One watcher per process keeps every projection's checkpoint in a `tokio::sync::watch`
-//! channel, refreshed when a projector notifies `ordo_checkpoints` (at the commit of each
-//! batch) and every second as a fallback. A request that must wait subscribes and sleeps
+//! channel, refreshed when a projector notifies `ordo_checkpoints` (right after the commit of
+//! each batch) and every second as a fallback. A request that must wait subscribes and sleeps
 //! until its projection's checkpoint passes the token or its deadline expires: no polling
 //! per request.
 //!

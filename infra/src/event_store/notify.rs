@@ -20,30 +20,45 @@ use tokio::sync::Notify;
 use crate::channels;
 
 /// Sends coalesced `ordo_events` notifications. Cheap to clone; clones share the task.
+pub type AppendNotifier = Notifier;
+
+/// Sends coalesced notifications on one channel with one payload, each after a commit and
+/// outside it. Cheap to clone; clones share the task.
 #[derive(Debug, Clone)]
-pub struct AppendNotifier {
+pub struct Notifier {
     inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
+    channel: &'static str,
+    payload: String,
     pending: Notify,
     task: OnceLock<()>,
 }
 
-impl AppendNotifier {
+impl Notifier {
+    /// Wakes the log's followers (`ordo_events`) after appends.
     pub fn new(pool: PgPool) -> Self {
+        Self::on(pool, channels::EVENTS, String::new())
+    }
+
+    /// Notifies `channel` with `payload` after commits (a projection's checkpoint moves on
+    /// `ordo_checkpoints`, with the projection's name).
+    pub fn on(pool: PgPool, channel: &'static str, payload: String) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
+                channel,
+                payload,
                 pending: Notify::new(),
                 task: OnceLock::new(),
             }),
         }
     }
 
-    /// Records that events were committed; followers are notified shortly. Never blocks.
+    /// Records that a transaction committed; listeners are notified shortly. Never blocks.
     /// Must be called from within a Tokio runtime (the task starts on first use).
     pub fn committed(&self) {
         self.inner.task.get_or_init(|| {
@@ -56,8 +71,14 @@ impl AppendNotifier {
                     if inner.pool.is_closed() {
                         return;
                     }
-                    if let Err(err) = notify(&inner.pool).await {
-                        tracing::debug!(error = %err, "could not notify followers; they will poll");
+                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(inner.channel)
+                        .bind(&inner.payload)
+                        .execute(&inner.pool)
+                        .await;
+                    if let Err(err) = sent {
+                        tracing::debug!(channel = inner.channel, error = %err,
+                            "could not notify listeners; they will poll");
                     }
                 }
             });

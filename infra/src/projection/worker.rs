@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::event_store::notify::Notifier;
 use crate::event_store::{Checkpoint, StoreError, StoredEvent, log};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
@@ -119,6 +120,11 @@ pub struct Worker {
     careful_until: Option<Checkpoint>,
     /// The database holds a newer version than this build: never take the lease again.
     outdated: bool,
+    /// Tells query APIs waiting on consistency tokens that the checkpoint moved, after each
+    /// commit and outside it: a NOTIFY inside the batch's transaction would hold
+    /// PostgreSQL's global notification lock through the commit's WAL flush, serialising
+    /// the commits of every projection.
+    checkpoints: Notifier,
 }
 
 impl std::fmt::Debug for Worker {
@@ -173,6 +179,7 @@ impl Worker {
             &Uuid::new_v4().simple().to_string()[..8]
         );
         Ok(Self {
+            checkpoints: Notifier::on(pool.clone(), CHECKPOINTS_CHANNEL, name.to_owned()),
             pool,
             projection,
             config,
@@ -285,6 +292,9 @@ impl Worker {
         match step {
             Ok(Step::Commit(outcome)) => {
                 tx.commit().await.map_err(self.database("commit"))?;
+                if matches!(outcome, Outcome::Progressed { .. }) {
+                    self.checkpoints.committed();
+                }
                 // Everything failing so far is behind us now.
                 self.attempts.clear();
                 Ok(outcome)
@@ -434,9 +444,6 @@ impl Worker {
         .execute(&mut *tx)
         .await
         .map_err(self.database("move the checkpoint"))?;
-        notify_checkpoint(&mut *tx, name)
-            .await
-            .map_err(self.database("notify"))?;
         Ok(Step::Commit(Outcome::Progressed {
             events: events.len(),
         }))
@@ -555,10 +562,8 @@ impl Worker {
                 Outcome::Progressed { events: 0 }
             }
         };
-        notify_checkpoint(&mut tx, name)
-            .await
-            .map_err(self.database("notify"))?;
         tx.commit().await.map_err(self.database("commit"))?;
+        self.checkpoints.committed();
         tracing::error!(
             projection = name, event_id = %stored.event_id, position = stored.position,
             policy = ?policy, error, "parked a poison event"
@@ -636,15 +641,6 @@ fn next_backoff(current: Duration, max: Duration) -> Duration {
     } else {
         (current * 2).min(max)
     }
-}
-
-async fn notify_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHECKPOINTS_CHANNEL)
-        .bind(name)
-        .execute(conn)
-        .await
-        .map(|_| ())
 }
 
 /// Keeps the lease's session alive and says so every `interval`; on failure (the session

@@ -2,6 +2,8 @@
 //! its own answer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use domain::inventory::{InventoryCommand, InventoryError, InventoryItem};
 use infra::commands::{CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy};
@@ -205,4 +207,78 @@ async fn without_group_commit_each_command_has_its_own_transaction(pool: PgPool)
     }
     let transactions: HashSet<String> = transactions(&pool, "SKU").await.into_values().collect();
     assert_eq!(transactions.len(), 11);
+}
+
+/// A process dies (its runtime is torn down, connections and all) while batches are in
+/// flight. Every command it acknowledged is stored; retried with their keys, all commands
+/// take effect exactly once: the acknowledged ones replay, the others run (or replay, when
+/// the batch committed but the answer was lost with the process).
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_process_dying_mid_batch_loses_no_acknowledged_command_and_applies_none_twice(
+    pool: PgPool,
+) {
+    const COMMANDS: usize = 500;
+    registered_item(&pool, "SKU").await;
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel();
+    let connect = pool.connect_options().as_ref().clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test setup");
+        runtime.block_on(async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(connect)
+                .await
+                .expect("test setup");
+            let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+            let count = Arc::new(AtomicUsize::new(0));
+            for i in 0..COMMANDS {
+                let (items, acked, count) = (items.clone(), acked_tx.clone(), count.clone());
+                tokio::spawn(async move {
+                    let options = keyed(&format!("k{i}"), 1);
+                    if items.execute("SKU", restock(1), options).await.is_ok() {
+                        let _ = acked.send(i);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            // Die once a fifth is acknowledged: the rest are queued or in a batch.
+            while count.load(Ordering::SeqCst) < COMMANDS / 5 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        // The kill: every task stops where it is, every connection closes.
+        runtime.shutdown_background();
+    })
+    .join()
+    .expect("the dying process's thread");
+    let acked: HashSet<usize> = acked_rx.try_iter().collect();
+    eprintln!(
+        "{} of {COMMANDS} commands acknowledged before the kill",
+        acked.len()
+    );
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    for i in 0..COMMANDS {
+        let retried = items
+            .execute("SKU", restock(1), keyed(&format!("k{i}"), 1))
+            .await
+            .expect("the retry succeeds");
+        if acked.contains(&i) {
+            assert!(retried.replayed, "acknowledged command {i} was lost");
+        }
+    }
+    let restocks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE aggregate_id = 'SKU' AND event_type = 'InventoryItemRestocked'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        restocks, COMMANDS as i64,
+        "each command took effect exactly once"
+    );
 }

@@ -5,8 +5,8 @@
 /// many appends.
 pub const EVENTS: &str = "ordo_events";
 
-/// Notified with a projection's name when its checkpoint or state changes, at commit.
+/// Notified with a projection's name when its state changes (at commit), and by its worker
+/// after each batch commits, with where it now is (`projection::CheckpointNotice`). Saga
+/// runners listen for the fulfilment trigger's notices: a batch of the trigger is what
+/// starts and signals sagas.
 pub const CHECKPOINTS: &str = "ordo_checkpoints";
-
-/// Notified when a saga is started or signalled, so runners pick it up at once.
-pub const SAGAS: &str = "ordo_sagas";

@@ -15,12 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use infra::event_store::Checkpoint;
+use infra::projection::CheckpointNotice;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::queries;
+
+/// How often the watcher reads every projection's row, notices or not.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// What the watcher knows of one projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +97,25 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Keeps the checkpoints current until the process ends.
+    /// A worker's notice that `name` is running at `checkpoint`: wakes its waiters if that
+    /// is further than known (a late notice never moves a checkpoint back).
+    fn advance(&self, name: &str, checkpoint: Checkpoint) {
+        self.channel(name)
+            .send_if_modified(|current| match current {
+                Some(known) if known.checkpoint >= checkpoint => false,
+                _ => {
+                    *current = Some(Progress {
+                        checkpoint,
+                        state: "running".to_owned(),
+                    });
+                    true
+                }
+            });
+    }
+
+    /// Keeps the checkpoints current until the process ends: from the projectors' notices
+    /// (which carry each new checkpoint), and by reading every projection's row when a
+    /// notice does not say where it is (a state change) and every second.
     pub async fn watch(self: Arc<Self>) {
         while !self.pool.is_closed() {
             let mut listener = match PgListener::connect_with(&self.pool).await {
@@ -109,13 +131,30 @@ impl Checkpoints {
                 tracing::warn!(error = %err, "LISTEN failed; polling");
                 listener = None;
             }
+            let mut refresh_due = true;
+            let mut refreshed = Instant::now();
             while !self.pool.is_closed() {
-                if let Err(err) = self.refresh().await {
-                    tracing::warn!(error = %err, "failed to refresh checkpoints");
+                // Every second at least, and whenever a notice does not say where a
+                // projection is: a notice naming a checkpoint only ever moves it forward,
+                // so an operator's reset (which moves it back) shows at the next refresh.
+                if refresh_due || refreshed.elapsed() >= REFRESH_EVERY {
+                    if let Err(err) = self.refresh().await {
+                        tracing::warn!(error = %err, "failed to refresh checkpoints");
+                    }
+                    refreshed = Instant::now();
                 }
+                refresh_due = true;
                 match listener.as_mut() {
-                    Some(l) => match tokio::time::timeout(Duration::from_secs(1), l.recv()).await {
-                        Ok(Ok(_)) | Err(_) => {}
+                    Some(l) => match tokio::time::timeout(REFRESH_EVERY, l.recv()).await {
+                        Ok(Ok(notification)) => {
+                            if let Some(notice) = CheckpointNotice::parse(notification.payload())
+                                && let Some(checkpoint) = notice.running_at
+                            {
+                                self.advance(&notice.projection, checkpoint);
+                                refresh_due = false;
+                            }
+                        }
+                        Err(_) => {}
                         Ok(Err(err)) => {
                             tracing::warn!(error = %err, "lost the checkpoint notifications");
                             break;

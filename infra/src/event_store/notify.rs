@@ -12,7 +12,7 @@
 //! and notify, an append made outside the executor) only delays followers until their
 //! polling fallback, never loses an event: followers read the log, not the notifications.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -34,6 +34,9 @@ struct Inner {
     pool: PgPool,
     channel: &'static str,
     payload: String,
+    /// The payload of the latest [`Notifier::committed_with`] not sent yet; coalesced
+    /// commits send only the latest.
+    latest: Mutex<Option<String>>,
     pending: Notify,
     task: OnceLock<()>,
 }
@@ -52,10 +55,19 @@ impl Notifier {
                 pool,
                 channel,
                 payload,
+                latest: Mutex::new(None),
                 pending: Notify::new(),
                 task: OnceLock::new(),
             }),
         }
+    }
+
+    /// Like [`Notifier::committed`], with `payload` instead of the notifier's own; when
+    /// commits are coalesced, the latest payload is sent (so it must say everything the
+    /// earlier ones said, as a checkpoint does).
+    pub fn committed_with(&self, payload: String) {
+        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
+        self.committed();
     }
 
     /// Records that a transaction committed; listeners are notified shortly. Never blocks.
@@ -71,9 +83,14 @@ impl Notifier {
                     if inner.pool.is_closed() {
                         return;
                     }
+                    let latest = inner
+                        .latest
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
                     let sent = sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(inner.channel)
-                        .bind(&inner.payload)
+                        .bind(latest.as_deref().unwrap_or(&inner.payload))
                         .execute(&inner.pool)
                         .await;
                     if let Err(err) = sent {

@@ -14,8 +14,8 @@ use crate::event_store::StoredEvent;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for_events};
-pub use worker::{CHECKPOINTS_CHANNEL, Outcome, Worker, WorkerError};
+pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for, listen_for_events};
+pub use worker::{CHECKPOINTS_CHANNEL, CheckpointNotice, Outcome, Worker, WorkerError};
 
 use events::DomainEvent;
 

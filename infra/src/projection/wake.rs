@@ -17,6 +17,17 @@ pub type Wakeup = Arc<Notify>;
 /// Listens on `channel` until the process ends, waking every worker on each notification.
 /// Reconnects after errors; while disconnected, workers still poll.
 pub async fn listen_for_events(pool: PgPool, channel: &'static str, workers: Vec<Wakeup>) {
+    listen_for(pool, channel, |_| true, workers).await;
+}
+
+/// Like [`listen_for_events`], waking the workers only on notifications whose payload
+/// `wanted` accepts.
+pub async fn listen_for(
+    pool: PgPool,
+    channel: &'static str,
+    wanted: fn(&str) -> bool,
+    workers: Vec<Wakeup>,
+) {
     while !pool.is_closed() {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
@@ -26,7 +37,10 @@ pub async fn listen_for_events(pool: PgPool, channel: &'static str, workers: Vec
                     tracing::debug!(channel, "listening for notifications");
                     loop {
                         match listener.recv().await {
-                            Ok(_) => workers.iter().for_each(|w| w.notify_one()),
+                            Ok(notification) if wanted(notification.payload()) => {
+                                workers.iter().for_each(|w| w.notify_one());
+                            }
+                            Ok(_) => {}
                             Err(err) => {
                                 tracing::warn!(error = %err, channel, "lost the notification connection");
                                 break;

@@ -27,6 +27,54 @@ use super::{ApplyError, Decoded, PoisonPolicy, Projection, Wakeup, WorkerConfig,
 /// changes, so readers waiting for a consistency token wake at once.
 pub const CHECKPOINTS_CHANNEL: &str = crate::channels::CHECKPOINTS;
 
+/// What a worker's notification on [`CHECKPOINTS_CHANNEL`] says: the projection's name,
+/// and, after a batch, that it is running at `checkpoint` (`"<name> running <transaction id>
+/// <position>"`), so listeners need not read `projection_state` for it. A payload with the
+/// name alone (a state change, an operator's action) means "read the projection's row".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointNotice {
+    pub projection: String,
+    /// `None`: the notice names the projection only.
+    pub running_at: Option<Checkpoint>,
+}
+
+impl CheckpointNotice {
+    pub fn running(projection: &str, checkpoint: Checkpoint) -> Self {
+        Self {
+            projection: projection.to_owned(),
+            running_at: Some(checkpoint),
+        }
+    }
+
+    pub fn payload(&self) -> String {
+        match self.running_at {
+            Some(at) => format!(
+                "{} running {} {}",
+                self.projection, at.transaction_id, at.position
+            ),
+            None => self.projection.clone(),
+        }
+    }
+
+    /// Reads a payload; `None` when it is not one (listeners then read every row).
+    pub fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.split(' ');
+        let projection = parts.next().filter(|name| !name.is_empty())?.to_owned();
+        let running_at = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (None, ..) => None,
+            (Some("running"), Some(tx), Some(position), None) => Some(Checkpoint {
+                transaction_id: tx.parse().ok()?,
+                position: position.parse().ok()?,
+            }),
+            _ => return None,
+        };
+        Some(Self {
+            projection,
+            running_at,
+        })
+    }
+}
+
 /// What one step of a worker did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -120,6 +168,19 @@ pub struct Worker {
     careful_until: Option<Checkpoint>,
     /// The database holds a newer version than this build: never take the lease again.
     outdated: bool,
+    /// The last batch read fewer events than it asked for: it reached the head of the settled
+    /// log, so the next read would most likely find nothing. `run` waits for a wake-up
+    /// instead of reading again at once (an empty round trip per batch otherwise).
+    caught_up: bool,
+    /// The checkpoint this worker last committed, while it can trust it is still the
+    /// projection's (see [`Worker::run`]): the next read of the log starts there, outside
+    /// any transaction, so finding nothing new costs one statement instead of four (begin,
+    /// lock the projection's row, read, roll back).
+    known: Option<Checkpoint>,
+    /// Events read ahead from `known`, applied if the locked row still has that checkpoint.
+    read_ahead: Option<(Checkpoint, Vec<StoredEvent>)>,
+    /// The checkpoint the batch in progress moves to, once it commits.
+    applied_up_to: Option<Checkpoint>,
     /// Tells query APIs waiting on consistency tokens that the checkpoint moved, after each
     /// commit and outside it: a NOTIFY inside the batch's transaction would hold
     /// PostgreSQL's global notification lock through the commit's WAL flush, serialising
@@ -188,6 +249,10 @@ impl Worker {
             attempts: HashMap::new(),
             next_limit: None,
             careful_until: None,
+            caught_up: false,
+            known: None,
+            read_ahead: None,
+            applied_up_to: None,
             outdated: false,
         })
     }
@@ -280,10 +345,31 @@ impl Worker {
     }
 
     /// One step: applies the next batch of events (if this worker holds the lease) and moves
-    /// the checkpoint, in one transaction.
+    /// the checkpoint, in one transaction. Always starts from the projection's row (never
+    /// from what this worker last committed), so it sees what an operator changed.
     pub async fn run_once(&mut self) -> Result<Outcome, WorkerError> {
+        self.known = None;
+        self.step().await
+    }
+
+    /// [`Worker::run_once`], reading the log ahead from `known` when this worker has it.
+    async fn step(&mut self) -> Result<Outcome, WorkerError> {
         if !self.try_acquire().await? {
+            self.known = None;
             return Ok(Outcome::Standby);
+        }
+        if let Some(known) = self.known.take()
+            && self.next_limit.is_none()
+            && self.careful_until.is_none()
+        {
+            let events = self
+                .read_log(&self.pool, known, self.config.batch_size)
+                .await?;
+            if events.is_empty() {
+                self.known = Some(known);
+                return Ok(Outcome::Idle);
+            }
+            self.read_ahead = Some((known, events));
         }
         let mut tx = self.pool.begin().await.map_err(self.database("begin"))?;
         let step = self.batch(&mut tx).await;
@@ -292,8 +378,14 @@ impl Worker {
         match step {
             Ok(Step::Commit(outcome)) => {
                 tx.commit().await.map_err(self.database("commit"))?;
-                if matches!(outcome, Outcome::Progressed { .. }) {
-                    self.checkpoints.committed();
+                if let Outcome::Progressed { .. } = outcome {
+                    self.known = self.applied_up_to.take();
+                    match self.known {
+                        Some(checkpoint) => self.checkpoints.committed_with(
+                            CheckpointNotice::running(self.name(), checkpoint).payload(),
+                        ),
+                        None => self.checkpoints.committed(),
+                    }
                 }
                 // Everything failing so far is behind us now.
                 self.attempts.clear();
@@ -318,7 +410,27 @@ impl Worker {
         }
     }
 
+    /// Up to `limit` settled events after `after` (without the payloads this projection
+    /// does not read, when it says which event types it reads).
+    async fn read_log<'c>(
+        &self,
+        executor: impl sqlx::PgExecutor<'c>,
+        after: Checkpoint,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, WorkerError> {
+        match self.projection.event_types() {
+            Some(types) => log::read_after_lean(executor, after, limit, types).await,
+            None => log::read_after(executor, after, limit).await,
+        }
+        .map_err(|source| WorkerError::ReadLog {
+            projection: self.projection.name(),
+            source,
+        })
+    }
+
     async fn batch(&mut self, tx: &mut PgConnection) -> Result<Step, WorkerError> {
+        let read_ahead = self.read_ahead.take();
+        self.applied_up_to = None;
         let token = self.lease.as_ref().map_or(0, |lease| lease.token);
         let name = self.projection.name();
         let row = sqlx::query(
@@ -379,14 +491,11 @@ impl Worker {
             None if careful => 1,
             None => self.config.batch_size,
         };
-        let events = match self.projection.event_types() {
-            Some(types) => log::read_after_lean(&mut *tx, checkpoint, limit, types).await,
-            None => log::read_after(&mut *tx, checkpoint, limit).await,
-        }
-        .map_err(|source| WorkerError::ReadLog {
-            projection: name,
-            source,
-        })?;
+        let events = match read_ahead {
+            Some((from, events)) if from == checkpoint && limit == self.config.batch_size => events,
+            _ => self.read_log(&mut *tx, checkpoint, limit).await?,
+        };
+        self.caught_up = !careful && events.len() < limit as usize;
         let Some(last) = events.last() else {
             return Ok(Step::Rollback(Outcome::Idle));
         };
@@ -444,6 +553,7 @@ impl Worker {
         .execute(&mut *tx)
         .await
         .map_err(self.database("move the checkpoint"))?;
+        self.applied_up_to = Some(last);
         Ok(Step::Commit(Outcome::Progressed {
             events: events.len(),
         }))
@@ -593,10 +703,16 @@ impl Worker {
             if *shutdown.borrow() {
                 break;
             }
-            let (wait, wakeable) = match self.run_once().await {
+            let (wait, wakeable) = match self.step().await {
                 Ok(Outcome::Progressed { .. }) => {
                     backoff = Duration::ZERO;
-                    continue;
+                    if !std::mem::take(&mut self.caught_up) {
+                        continue;
+                    }
+                    // At the head of the log: the next events' commit notifies (a
+                    // notification that came during this batch left a permit, so the wait
+                    // below returns at once), and the poll interval covers a lost one.
+                    (self.config.poll_interval, true)
                 }
                 Ok(Outcome::Retrying) => {
                     backoff = next_backoff(backoff, self.config.max_backoff);
@@ -626,7 +742,12 @@ impl Worker {
             };
             tokio::select! {
                 () = wakeup.notified(), if wakeable => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait) => {
+                    // No notification for a while: read the projection's row before the log
+                    // again, in case an operator moved its checkpoint (a reset, a skip, a
+                    // rebuild's swap) while nothing was appended.
+                    self.known = None;
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -678,4 +799,41 @@ async fn heartbeat(
         }
     }
     lost.store(true, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_notice_reads_back_what_it_says() {
+        let at = Checkpoint {
+            transaction_id: 18_446_744_073_709_551_000,
+            position: 42,
+        };
+        let notice = CheckpointNotice::running("order_details", at);
+        assert_eq!(
+            notice.payload(),
+            "order_details running 18446744073709551000 42"
+        );
+        assert_eq!(CheckpointNotice::parse(&notice.payload()), Some(notice));
+        // The name alone (what operators' actions send) says "read the row".
+        assert_eq!(
+            CheckpointNotice::parse("inventory"),
+            Some(CheckpointNotice {
+                projection: "inventory".to_owned(),
+                running_at: None
+            })
+        );
+        for bad in [
+            "",
+            "x running",
+            "x running 1",
+            "x running 1 two",
+            "x paused 1 2",
+            "x running 1 2 3",
+        ] {
+            assert_eq!(CheckpointNotice::parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use infra::clock::SystemClock;
 use infra::payment_gateway::{GatewayClientConfig, HttpPaymentGateway};
-use infra::projection::{Worker, WorkerConfig, listen_for_events};
+use infra::projection::{Worker, WorkerConfig, listen_for, listen_for_events};
 use tokio::sync::{Notify, watch};
 use write_side::sagas::runner::{Runner, RunnerConfig};
 use write_side::sagas::trigger::FulfillmentTrigger;
@@ -56,9 +56,10 @@ async fn main() -> anyhow::Result<()> {
             infra::channels::EVENTS,
             vec![trigger_wakeup],
         )),
-        tokio::spawn(listen_for_events(
+        tokio::spawn(listen_for(
             pool.clone(),
-            infra::channels::SAGAS,
+            infra::channels::CHECKPOINTS,
+            write_side::sagas::trigger::wakes_runners,
             vec![runner_wakeup],
         )),
     ];

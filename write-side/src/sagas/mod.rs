@@ -5,7 +5,7 @@
 //! - [`trigger`]: a projection on the global log that starts sagas (`OrderPlaced`) and
 //!   signals them (`OrderCancelled`, `OrderShipped`), exactly once, with its own checkpoint.
 //! - [`runner`]: takes due sagas (the durable timers), performs their next actions through
-//!   the command executors and the payment gateway, and saves each outcome.
+//!   the command executors and the payment gateway, and saves the outcomes that matter.
 //! - [`store`]: the SQL over `fulfillment_sagas`.
 
 pub mod order_fulfillment;

@@ -10,10 +10,12 @@
 //! with the reason (unless the customer already did).
 //!
 //! [`next_action`] says what to do next (making the transitions that need no IO on the way);
-//! [`apply`] records an action's outcome. The runner persists the state after every outcome
-//! and before the next action, so a crash repeats at most one action, and every action is
-//! idempotent: its command and gateway call carry keys derived from the event that started
-//! the saga ([`Fulfillment::key`]).
+//! [`apply`] records an action's outcome. Every action is idempotent (its command is a
+//! no-op when its effect is already there, and its gateway call carries a key derived from
+//! the event that started the saga, [`Fulfillment::key`]), so the runner persists the state
+//! only where it matters: on entering `Charging` (the payment deadline), on every
+//! compensating step, on failures, and when the saga waits; a crash in between repeats the
+//! happy path's steps since the last save, harmlessly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,4 +1,5 @@
-//! The saga runner: takes due sagas, performs their next actions, saves every outcome.
+//! The saga runner: takes due sagas, performs their next actions, saves their outcomes
+//! (not after every happy-path step: see [`may_skip_save`]).
 //!
 //! Each action is one command (through the command executors, group-committed) and/or one
 //! payment gateway call carrying the saga's deterministic key for the step. An action
@@ -89,6 +90,19 @@ fn gateway_error(err: GatewayError) -> StepError {
     match err {
         GatewayError::Unavailable(_) => StepError::Transient(err.to_string()),
         GatewayError::Refused(_) => StepError::Fatal(err.to_string()),
+    }
+}
+
+/// Whether a step that moved a saga from `before` to `after` (with more to do) may go
+/// unsaved. On the happy path only: every step is idempotent (a repeated command is a no-op,
+/// the gateway replays its key's answer), so a crash before the next save repeats these
+/// steps harmlessly and decides the same. Saved regardless: entering `Charging` (the payment
+/// deadline starts then, and a repeat must not move it), and every compensating step.
+fn may_skip_save(before: &Stage, after: &Stage) -> bool {
+    match after {
+        Stage::Reserving | Stage::Recording | Stage::Confirming => true,
+        Stage::Charging => *before == Stage::Charging,
+        _ => false,
     }
 }
 
@@ -186,7 +200,10 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             }
             let free = self.config.concurrency.saturating_sub(tasks.len());
             let mut claimed_any = false;
-            if free > 0 {
+            // Busy, claim in chunks (a claim is a statement): a quarter of the slots at a
+            // time, or any free slot when nothing is in hand.
+            let chunk = (self.config.concurrency / 4).max(1);
+            if free > 0 && (free >= chunk || tasks.is_empty()) {
                 match store::claim(&self.pool, &self.id, self.config.lease, free as i64).await {
                     Ok(claimed) => {
                         claimed_any = !claimed.is_empty();
@@ -229,6 +246,8 @@ impl<G: PaymentGateway + 'static> Runner<G> {
 
     #[tracing::instrument(skip_all, fields(order_id = %claimed.saga.order_id))]
     async fn process(&self, mut claimed: Claimed) {
+        // When the claim was taken or last extended (by a save).
+        let mut saved_at = std::time::Instant::now();
         loop {
             let now = self.clock.now();
             let Some(action) = next_action(&mut claimed.saga, claimed.signals, now) else {
@@ -264,16 +283,32 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     apply(&mut claimed.saga, outcome, deadline);
                     let next = next_action(&mut claimed.saga.clone(), claimed.signals, now)
                         .map(|a| a.name());
+                    if next.is_none() {
+                        // Make the transitions that need no IO (to `Completed`, say) before
+                        // the saga is saved and let go.
+                        next_action(&mut claimed.saga, claimed.signals, now);
+                    }
+                    if next.is_some()
+                        && may_skip_save(&stage_before, &claimed.saga.stage)
+                        && saved_at.elapsed() < self.config.lease / 3
+                    {
+                        continue;
+                    }
                     let save = Save {
                         next_step: next.as_deref(),
-                        due_at: Some(now),
+                        due_at: if next.is_some() { Some(now) } else { None },
                         attempts: 0,
                         last_error: None,
-                        release: false,
+                        // Nothing left to do until a signal: give the claim up in the same
+                        // save (a signal that came meanwhile makes the saga due at once).
+                        release: next.is_none(),
                         lease: self.config.lease,
                     };
+                    let released = save.release;
                     match self.saves.save(&claimed, save).await {
+                        Ok(Some(_)) if released => return,
                         Ok(Some((signals, seen))) => {
+                            saved_at = std::time::Instant::now();
                             claimed.signals = signals;
                             claimed.seen = seen;
                             claimed.attempts = 0;

@@ -54,16 +54,23 @@ fn encode(saga: &Fulfillment) -> serde_json::Value {
     serde_json::to_value(saga).unwrap_or(serde_json::Value::Null)
 }
 
-/// Starts a saga (due now); a second start of the same order does nothing.
-pub async fn start(conn: &mut PgConnection, saga: &Fulfillment) -> Result<(), sqlx::Error> {
+/// Starts sagas (due now), in one statement; a second start of the same order does nothing.
+pub async fn start_many(conn: &mut PgConnection, sagas: &[Fulfillment]) -> Result<(), sqlx::Error> {
+    if sagas.is_empty() {
+        return Ok(());
+    }
+    let order_ids: Vec<uuid::Uuid> = sagas.iter().map(|s| s.order_id.as_uuid()).collect();
+    let states: Vec<serde_json::Value> = sagas.iter().map(encode).collect();
+    let stages: Vec<&str> = sagas.iter().map(|s| s.stage.name()).collect();
     sqlx::query(
         "INSERT INTO fulfillment_sagas (order_id, state, stage, next_step, due_at)
-         VALUES ($1, $2, $3, 'reserve', now())
+         SELECT order_id, state, stage, 'reserve', now()
+           FROM UNNEST($1::uuid[], $2::jsonb[], $3::text[]) AS s(order_id, state, stage)
          ON CONFLICT (order_id) DO NOTHING",
     )
-    .bind(saga.order_id.as_uuid())
-    .bind(encode(saga))
-    .bind(saga.stage.name())
+    .bind(&order_ids)
+    .bind(&states)
+    .bind(&stages)
     .execute(conn)
     .await?;
     Ok(())

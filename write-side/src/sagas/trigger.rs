@@ -8,7 +8,7 @@ use domain::ids::OrderId;
 use domain::order::{Order, OrderEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection};
+use infra::projection::{ApplyError, CheckpointNotice, Decoded, Projection};
 use sqlx::PgConnection;
 
 use super::order_fulfillment::Fulfillment;
@@ -40,24 +40,33 @@ impl Projection for FulfillmentTrigger {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
-        // Sagas start and are signalled a few per order: a statement each is fine here.
+        // The batch's starts go in one statement; a signal (rare: a cancel, a shipment)
+        // goes on its own, after the starts before it. Runners hear of them from the
+        // worker's checkpoint notice after the commit ([`wakes_runners`]), not from a NOTIFY
+        // in this transaction, which would hold PostgreSQL's notification lock through the
+        // commit.
+        let mut starts = Vec::new();
         for decoded in events {
-            apply_one(conn, &decoded.stored, &decoded.event).await?;
+            apply_one(conn, &decoded.stored, &decoded.event, &mut starts).await?;
         }
-        if !events.is_empty() {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(infra::channels::SAGAS)
-                .execute(conn)
-                .await?;
-        }
+        store::start_many(conn, &starts).await?;
         Ok(())
     }
 }
 
+/// Whether a notification on `ordo_checkpoints` should wake saga runners: the trigger
+/// committed a batch (which may have started or signalled sagas) or changed state.
+pub fn wakes_runners(payload: &str) -> bool {
+    CheckpointNotice::parse(payload)
+        .is_some_and(|notice| notice.projection == FulfillmentTrigger::NAME)
+}
+
+/// Adds a start to `starts`, or signals a saga (after writing the starts so far).
 async fn apply_one(
     conn: &mut PgConnection,
     stored: &StoredEvent,
     event: &DomainEvent,
+    starts: &mut Vec<Fulfillment>,
 ) -> Result<(), ApplyError> {
     {
         let DomainEvent::Order(event) = event else {
@@ -80,10 +89,16 @@ async fn apply_one(
                     *currency,
                     lines.iter().cloned().collect(),
                 );
-                store::start(conn, &saga).await?;
+                starts.push(saga);
             }
-            OrderEvent::Cancelled { .. } => store::signal(conn, order_id, true, false).await?,
-            OrderEvent::Shipped { .. } => store::signal(conn, order_id, false, true).await?,
+            OrderEvent::Cancelled { .. } => {
+                store::start_many(conn, &std::mem::take(starts)).await?;
+                store::signal(conn, order_id, true, false).await?;
+            }
+            OrderEvent::Shipped { .. } => {
+                store::start_many(conn, &std::mem::take(starts)).await?;
+                store::signal(conn, order_id, false, true).await?;
+            }
             OrderEvent::StockReserved { .. } | OrderEvent::Confirmed { .. } => {}
         }
         Ok(())

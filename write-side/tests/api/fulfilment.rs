@@ -12,7 +12,9 @@ use infra::clock::SystemClock;
 use infra::event_store::StoredEvent;
 use infra::event_store::stream::load;
 use infra::payment_gateway::{BreakerConfig, GatewayClientConfig, HttpPaymentGateway};
-use infra::projection::{ApplyError, Decoded, Projection, Worker, WorkerConfig, listen_for_events};
+use infra::projection::{
+    ApplyError, Decoded, Projection, Worker, WorkerConfig, listen_for, listen_for_events,
+};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
@@ -175,9 +177,10 @@ impl Fulfilment {
                 infra::channels::EVENTS,
                 vec![trigger_wakeup],
             )),
-            tokio::spawn(listen_for_events(
+            tokio::spawn(listen_for(
                 pool.clone(),
-                infra::channels::SAGAS,
+                infra::channels::CHECKPOINTS,
+                write_side::sagas::trigger::wakes_runners,
                 vec![runner_wakeup],
             )),
         ];

@@ -650,3 +650,58 @@ async fn two_hundred_concurrent_orders_settle_consistently_when_the_saga_worker_
 ) {
     two_hundred_orders(pool, true).await;
 }
+
+/// The runner saves a saga only where it must (entering `Charging`, compensating, waiting):
+/// a crash after a happy-path step repeats the steps since the last save, harmlessly, and
+/// the payment deadline, set on entering `Charging` and saved then, does not move.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline(pool: PgPool) {
+    let crashed = Arc::new(AtomicBool::new(false));
+    let crash: CrashAfter = {
+        let crashed = crashed.clone();
+        Arc::new(move |action: &Action| {
+            matches!(action, Action::Capture { .. }) && !crashed.swap(true, Ordering::SeqCst)
+        })
+    };
+    let simulator = simulator_at(([127, 0, 0, 1], 0).into()).await;
+    let options = ProcessOptions {
+        config: runner_config(Duration::from_secs(30)),
+        gateway_url: simulator.clone(),
+        twice: false,
+        crash_after: Some(crash),
+    };
+    let shop = Fulfilment::start_with(pool, simulator, options).await;
+    shop.register("MUG", 5, 1250).await;
+    let order = shop.place(&[("MUG", 1)], "tok_visa").await;
+    // The crash after the capture leaves the saga as last saved: charging, until the claim
+    // expires and the runner takes it up again.
+    shop.wait_for_stage(&order, &["charging"], SETTLE).await;
+    let deadline = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT state->>'deadline' FROM fulfillment_sagas WHERE order_id = $1::uuid",
+        )
+        .bind(&order)
+        .fetch_one(&shop.app.pool)
+        .await
+        .unwrap()
+    };
+    let first = deadline().await;
+    assert!(
+        first.is_some(),
+        "the deadline is saved on entering charging"
+    );
+    shop.wait_for_stage(&order, &["confirmed"], SETTLE).await;
+    assert!(crashed.load(Ordering::SeqCst));
+    assert_eq!(deadline().await, first);
+    // Authorize and capture ran twice; the gateway and the payment took each once.
+    assert_eq!(shop.ledger_kinds(&order).await, ["authorize", "capture"]);
+    assert_eq!(
+        shop.events_of("payment", &order).await,
+        ["PaymentAuthorized", "PaymentCaptured"]
+    );
+    assert_eq!(
+        shop.events_of("order", &order).await,
+        ["OrderPlaced", "OrderStockReserved", "OrderConfirmed"]
+    );
+    shop.stop().await;
+}

@@ -50,7 +50,7 @@ pub struct RunnerConfig {
 impl RunnerConfig {
     pub fn new(payment_deadline: Duration) -> Self {
         Self {
-            concurrency: 32,
+            concurrency: 128,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             payment_deadline,
@@ -194,19 +194,21 @@ impl<G: PaymentGateway + 'static> Runner<G> {
     /// Runs until `shutdown` turns true, taking sagas as they fall due, woken by `wakeup`.
     pub async fn run(self: Arc<Self>, wakeup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
+        // Woken by a notice (new or signalled sagas) or the poll interval, rather than by a
+        // saga in hand finishing.
+        let mut woken = true;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let free = self.config.concurrency.saturating_sub(tasks.len());
-            let mut claimed_any = false;
-            // Busy, claim in chunks (a claim is a statement): a quarter of the slots at a
-            // time, or any free slot when nothing is in hand.
-            let chunk = (self.config.concurrency / 4).max(1);
-            if free > 0 && (free >= chunk || tasks.is_empty()) {
+            // A claim is a statement: one per wake-up takes whatever fell due, and while
+            // busy, slots freed by finished sagas are claimed a quarter of them (at most 8)
+            // at a time, which drains a backlog without a claim per saga.
+            let chunk = (self.config.concurrency / 4).clamp(1, 8);
+            if free > 0 && (woken || free >= chunk || tasks.is_empty()) {
                 match store::claim(&self.pool, &self.id, self.config.lease, free as i64).await {
                     Ok(claimed) => {
-                        claimed_any = !claimed.is_empty();
                         for saga in claimed {
                             let runner = self.clone();
                             tasks.spawn(async move { runner.process(saga).await });
@@ -217,13 +219,11 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                     }
                 }
             }
-            if claimed_any && tasks.len() < self.config.concurrency {
-                continue;
-            }
+            woken = false;
             tokio::select! {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = wakeup.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = wakeup.notified() => woken = true,
+                () = tokio::time::sleep(self.config.poll_interval) => woken = true,
                 _ = shutdown.changed() => {}
             }
         }

@@ -66,13 +66,19 @@ impl Notifier {
     /// commits are coalesced, the latest payload is sent (so it must say everything the
     /// earlier ones said, as a checkpoint does).
     pub fn committed_with(&self, payload: String) {
-        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
-        self.committed();
+        self.signal(Some(payload));
     }
 
-    /// Records that a transaction committed; listeners are notified shortly. Never blocks.
-    /// Must be called from within a Tokio runtime (the task starts on first use).
+    /// Records that a transaction committed; listeners are notified shortly, with the
+    /// notifier's own payload (also when this comes after a [`Notifier::committed_with`]
+    /// not sent yet: the latest call says what is sent). Never blocks. Must be called from
+    /// within a Tokio runtime (the task starts on first use).
     pub fn committed(&self) {
+        self.signal(None);
+    }
+
+    fn signal(&self, payload: Option<String>) {
+        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = payload;
         self.inner.task.get_or_init(|| {
             let inner = self.inner.clone();
             tokio::spawn(async move {

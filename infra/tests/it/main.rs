@@ -8,5 +8,6 @@ mod global_log;
 mod group_commit;
 mod helpers;
 mod kafka;
+mod notify;
 mod postgres_es_compat;
 mod snapshots;

@@ -27,6 +27,16 @@ use super::{ApplyError, Decoded, PoisonPolicy, Projection, Wakeup, WorkerConfig,
 /// changes, so readers waiting for a consistency token wake at once.
 pub const CHECKPOINTS_CHANNEL: &str = crate::channels::CHECKPOINTS;
 
+/// How soon a worker looks at the log again, unless a notification wakes it first, after
+/// a batch that reached the head of the log or a read that a notification prompted and that
+/// found nothing; while it keeps finding nothing, it looks again after twice as long, up to
+/// the poll interval. The log is read only below the oldest transaction still running
+/// (`pg_snapshot_xmin`, ADR 0001): an event whose commit was notified can stay out of
+/// reach until an older transaction ends, and if that one appends nothing (a projection's
+/// batch, a saga's save), no notification says so. Without these looks such an event would
+/// wait for the next append or the poll interval (a second).
+pub const RECHECK_AFTER: Duration = Duration::from_millis(20);
+
 /// What a worker's notification on [`CHECKPOINTS_CHANNEL`] says: the projection's name,
 /// and, after a batch, that it is running at `checkpoint` (`"<name> running <transaction id>
 /// <position>"`), so listeners need not read `projection_state` for it. A payload with the
@@ -699,10 +709,16 @@ impl Worker {
     /// for a wake-up or the poll interval; backs off after failures.
     pub async fn run(mut self, wakeup: Wakeup, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::ZERO;
+        // The last wait ended with a notification (something committed).
+        let mut notified = false;
+        // The last wait was a second look after this long (see [`RECHECK_AFTER`]).
+        let mut rechecked: Option<Duration> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            // Look again after this long unless a notification comes first.
+            let mut recheck: Option<Duration> = None;
             let (wait, wakeable) = match self.step().await {
                 Ok(Outcome::Progressed { .. }) => {
                     backoff = Duration::ZERO;
@@ -712,15 +728,25 @@ impl Worker {
                     // At the head of the log: the next events' commit notifies (a
                     // notification that came during this batch left a permit, so the wait
                     // below returns at once), and the poll interval covers a lost one.
+                    recheck = Some(RECHECK_AFTER);
                     (self.config.poll_interval, true)
                 }
                 Ok(Outcome::Retrying) => {
                     backoff = next_backoff(backoff, self.config.max_backoff);
                     (backoff, false)
                 }
+                Ok(Outcome::Idle) => {
+                    backoff = Duration::ZERO;
+                    recheck = match rechecked {
+                        _ if notified => Some(RECHECK_AFTER),
+                        // Still nothing: look again later, up to the poll interval.
+                        Some(after) => Some(after * 2).filter(|&d| d < self.config.poll_interval),
+                        None => None,
+                    };
+                    (self.config.poll_interval, true)
+                }
                 Ok(
-                    Outcome::Idle
-                    | Outcome::Standby
+                    Outcome::Standby
                     | Outcome::Halted
                     | Outcome::Paused
                     | Outcome::VersionMismatch { .. },
@@ -740,13 +766,19 @@ impl Worker {
                     (backoff, false)
                 }
             };
+            let wait = recheck.map_or(wait, |after| wait.min(after));
+            notified = false;
+            rechecked = None;
             tokio::select! {
-                () = wakeup.notified(), if wakeable => {}
+                () = wakeup.notified(), if wakeable => notified = true,
                 () = tokio::time::sleep(wait) => {
-                    // No notification for a while: read the projection's row before the log
-                    // again, in case an operator moved its checkpoint (a reset, a skip, a
-                    // rebuild's swap) while nothing was appended.
-                    self.known = None;
+                    rechecked = recheck;
+                    if recheck.is_none() {
+                        // No notification for a while: read the projection's row before the
+                        // log again, in case an operator moved its checkpoint (a reset, a
+                        // skip, a rebuild's swap) while nothing was appended.
+                        self.known = None;
+                    }
                 }
                 _ = shutdown.changed() => {}
             }

@@ -493,3 +493,44 @@ async fn a_worker_for_another_version_than_the_database_applies_nothing(pool: Pg
         .unwrap();
     assert_eq!(rows, 0);
 }
+
+/// The log is read only below the oldest running transaction: an event whose append was
+/// notified stays out of reach while an older transaction runs, and when that one appends
+/// nothing, no notification says it ended. The worker looks again shortly after a read a
+/// notification prompted finds nothing (and again, less and less often), so the event is
+/// applied soon after, not at the next poll (ten minutes here).
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn an_event_held_back_by_an_older_transaction_is_applied_when_it_ends_unannounced(
+    pool: PgPool,
+) {
+    let shop = Shop::new(&pool);
+    // Older than the append below (it has a transaction id), and appends nothing.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    shop.item("MUG", 1250, 5).await;
+    let config = WorkerConfig {
+        poll_interval: Duration::from_secs(600),
+        ..fast_config()
+    };
+    let worker = Worker::register(pool.clone(), Arc::new(InventoryProjection), config)
+        .await
+        .unwrap();
+    let wakeup = Arc::new(Notify::new());
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(worker.run(wakeup.clone(), stopped));
+    // The append's notification.
+    wakeup.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rows(&pool, "inventory").await.is_empty(),
+        "read past a running older transaction"
+    );
+    blocker.commit().await.unwrap();
+    wait_until_caught_up(&pool, InventoryProjection::NAME).await;
+    assert_eq!(rows(&pool, "inventory").await.len(), 1);
+    let _ = stop.send(true);
+    run.await.unwrap();
+}

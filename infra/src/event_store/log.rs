@@ -249,6 +249,36 @@ impl EventLog {
             .map_err(StoreError::ReadLog)
     }
 
+    /// Up to `limit` committed events of one aggregate before `before` (a sequence number;
+    /// `None`: from the end), newest first: for finding a recent event in a long stream
+    /// without reading all of it.
+    pub async fn read_stream_backwards(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence < $3
+              ORDER BY sequence DESC
+              LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::ReadLog)?;
+        rows.iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::ReadLog)
+    }
+
     /// Every committed event of one aggregate, in sequence order (for debugging and tests).
     pub async fn read_stream(
         &self,

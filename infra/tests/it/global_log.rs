@@ -322,3 +322,44 @@ async fn a_lean_read_skips_only_the_payloads_of_other_types(pool: PgPool) {
         full.iter().map(|e| e.checkpoint()).collect::<Vec<_>>()
     );
 }
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_stream_reads_backwards_a_page_at_a_time(pool: PgPool) {
+    registered_item(&pool, "MUG").await;
+    let mut tx = pool.begin().await.unwrap();
+    append::<InventoryItem>(
+        &mut tx,
+        "MUG",
+        1,
+        &[restocked(1), restocked(2), restocked(3), restocked(4)],
+        &EventMetadata::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let log = EventLog::new(pool.clone());
+    let sequences = |page: Vec<infra::event_store::StoredEvent>| -> Vec<i64> {
+        page.iter().map(|e| e.sequence).collect()
+    };
+    let newest = log
+        .read_stream_backwards(InventoryItem::TYPE, "MUG", None, 2)
+        .await
+        .unwrap();
+    assert_eq!(sequences(newest), [5, 4]);
+    let older = log
+        .read_stream_backwards(InventoryItem::TYPE, "MUG", Some(4), 2)
+        .await
+        .unwrap();
+    assert_eq!(sequences(older), [3, 2]);
+    let oldest = log
+        .read_stream_backwards(InventoryItem::TYPE, "MUG", Some(2), 2)
+        .await
+        .unwrap();
+    assert_eq!(sequences(oldest), [1]);
+    assert!(
+        log.read_stream_backwards(InventoryItem::TYPE, "MUG", Some(1), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

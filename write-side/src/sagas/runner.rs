@@ -598,35 +598,41 @@ impl<G: PaymentGateway + 'static> Runner<G> {
     }
 
     /// The unit price this order's reservation of `sku` recorded (the step is a repeat: the
-    /// reservation exists, made by an earlier run of it).
+    /// reservation exists, made by an earlier run of it, most likely recently: the item's
+    /// stream is read from its end, a page at a time, so a hot item's long history is not).
     async fn reserved_price(
         &self,
         sku: &str,
         order_id: domain::ids::OrderId,
     ) -> Result<domain::money::Money, StepError> {
-        let stream = self
-            .log
-            .read_stream(InventoryItem::TYPE, sku)
-            .await
-            .map_err(|err| StepError::Transient(infra::telemetry::err_chain(&err)))?;
-        stream
-            .into_iter()
-            .rev()
-            .find_map(
-                |stored| match serde_json::from_value::<InventoryEvent>(stored.payload) {
+        const PAGE: u32 = 200;
+        let mut before = None;
+        loop {
+            let page = self
+                .log
+                .read_stream_backwards(InventoryItem::TYPE, sku, before, PAGE)
+                .await
+                .map_err(|err| StepError::Transient(infra::telemetry::err_chain(&err)))?;
+            let Some(oldest) = page.last().map(|stored| stored.sequence) else {
+                return Err(StepError::Fatal(format!(
+                    "no reservation of {sku} for order {order_id} found"
+                )));
+            };
+            let found = page.into_iter().find_map(|stored| {
+                match serde_json::from_value::<InventoryEvent>(stored.payload) {
                     Ok(InventoryEvent::Reserved {
                         order_id: reserved_for,
                         unit_price,
                         ..
                     }) if reserved_for == order_id => Some(unit_price),
                     _ => None,
-                },
-            )
-            .ok_or_else(|| {
-                StepError::Fatal(format!(
-                    "no reservation of {sku} for order {order_id} found"
-                ))
-            })
+                }
+            });
+            if let Some(price) = found {
+                return Ok(price);
+            }
+            before = Some(oldest);
+        }
     }
 
     /// Runs a step's command, group-committed with whatever else the process is writing. A

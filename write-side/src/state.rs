@@ -8,6 +8,7 @@ use domain::ports::Clock;
 use infra::catalog::PgCatalog;
 use infra::commands::{CommandExecutor, ExecutorPolicy};
 use infra::db::Pool;
+use infra::event_store::notify::Notifier;
 
 /// Inventory items get long streams (every reservation is an event), so they are
 /// snapshotted; orders and payments stay short and are not.
@@ -31,6 +32,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(pool: Pool, clock: Arc<dyn Clock>) -> Self {
+        let notifier = Notifier::new(pool.clone());
         Self {
             inventory: CommandExecutor::new(
                 pool.clone(),
@@ -39,8 +41,10 @@ impl AppState {
                     INVENTORY_SNAPSHOT_EVERY,
                     INVENTORY_SNAPSHOT_VERSION,
                 ),
-            ),
-            orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
+            )
+            .notifying_through(&notifier),
+            orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots())
+                .notifying_through(&notifier),
             catalog: PgCatalog::new(pool.clone()),
             clock,
             pool,

@@ -320,6 +320,14 @@ where
     A::Command: Clone + Send + Sync,
     A::Error: Send + 'static,
 {
+    /// Sends this executor's after-commit notifications through `notifier`'s task, with
+    /// whatever else the process notifies (the executors of one process then share one
+    /// notification per round).
+    pub fn notifying_through(mut self, notifier: &crate::event_store::notify::Notifier) -> Self {
+        self.notifier = notifier.sharing(crate::channels::EVENTS, String::new());
+        self
+    }
+
     pub fn new(pool: PgPool, services: A::Services, policy: ExecutorPolicy) -> Self {
         Self {
             notifier: AppendNotifier::new(pool.clone()),

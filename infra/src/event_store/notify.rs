@@ -12,6 +12,7 @@
 //! and notify, an append made outside the executor) only delays followers until their
 //! polling fallback, never loses an event: followers read the log, not the notifications.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::PgPool;
@@ -23,20 +24,28 @@ use crate::channels;
 pub type AppendNotifier = Notifier;
 
 /// Sends coalesced notifications on one channel with one payload, each after a commit and
-/// outside it. Cheap to clone; clones share the task.
+/// outside it. Cheap to clone; clones share the task. Notifiers made with
+/// [`Notifier::sharing`] share it too: whatever they have pending goes out in one statement
+/// (one transaction, one wake-up of each listener), so a process whose workers and
+/// executors commit at about the same time sends one notification round instead of one per
+/// notifier.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    inner: Arc<Inner>,
+    hub: Arc<Hub>,
+    channel: &'static str,
+    /// What `committed` sends; also what tells this notifier's notifications from those of
+    /// the others sharing the task (each has its own latest).
+    payload: Arc<str>,
 }
 
+/// A notifier: its channel and its own payload.
+type NotifierKey = (&'static str, Arc<str>);
+
 #[derive(Debug)]
-struct Inner {
+struct Hub {
     pool: PgPool,
-    channel: &'static str,
-    payload: String,
-    /// The payload of the latest [`Notifier::committed_with`] not sent yet; coalesced
-    /// commits send only the latest.
-    latest: Mutex<Option<String>>,
+    /// Per notifier (channel and own payload), the payload to send next.
+    latest: Mutex<BTreeMap<NotifierKey, Arc<str>>>,
     pending: Notify,
     task: OnceLock<()>,
 }
@@ -51,14 +60,23 @@ impl Notifier {
     /// `ordo_checkpoints`, with the projection's name).
     pub fn on(pool: PgPool, channel: &'static str, payload: String) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            hub: Arc::new(Hub {
                 pool,
-                channel,
-                payload,
-                latest: Mutex::new(None),
+                latest: Mutex::new(BTreeMap::new()),
                 pending: Notify::new(),
                 task: OnceLock::new(),
             }),
+            channel,
+            payload: payload.into(),
+        }
+    }
+
+    /// A notifier for `channel` and `payload` that sends through this one's task.
+    pub fn sharing(&self, channel: &'static str, payload: String) -> Self {
+        Self {
+            hub: self.hub.clone(),
+            channel,
+            payload: payload.into(),
         }
     }
 
@@ -66,7 +84,7 @@ impl Notifier {
     /// commits are coalesced, the latest payload is sent (so it must say everything the
     /// earlier ones said, as a checkpoint does).
     pub fn committed_with(&self, payload: String) {
-        self.signal(Some(payload));
+        self.signal(payload.into());
     }
 
     /// Records that a transaction committed; listeners are notified shortly, with the
@@ -74,39 +92,49 @@ impl Notifier {
     /// not sent yet: the latest call says what is sent). Never blocks. Must be called from
     /// within a Tokio runtime (the task starts on first use).
     pub fn committed(&self) {
-        self.signal(None);
+        self.signal(self.payload.clone());
     }
 
-    fn signal(&self, payload: Option<String>) {
-        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = payload;
-        self.inner.task.get_or_init(|| {
-            let inner = self.inner.clone();
+    fn signal(&self, payload: Arc<str>) {
+        self.hub
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((self.channel, self.payload.clone()), payload);
+        self.hub.task.get_or_init(|| {
+            let hub = self.hub.clone();
             tokio::spawn(async move {
                 loop {
                     // A permit is stored when nobody waits, so commits made while a
                     // notification was on its way are covered by the next one.
-                    inner.pending.notified().await;
-                    if inner.pool.is_closed() {
+                    hub.pending.notified().await;
+                    if hub.pool.is_closed() {
                         return;
                     }
-                    let latest = inner
-                        .latest
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take();
-                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(inner.channel)
-                        .bind(latest.as_deref().unwrap_or(&inner.payload))
-                        .execute(&inner.pool)
-                        .await;
+                    let latest =
+                        std::mem::take(&mut *hub.latest.lock().unwrap_or_else(|p| p.into_inner()));
+                    if latest.is_empty() {
+                        continue;
+                    }
+                    let (channels, payloads): (Vec<&str>, Vec<&str>) = latest
+                        .iter()
+                        .map(|((channel, _), payload)| (*channel, &**payload))
+                        .unzip();
+                    let sent = sqlx::query(
+                        "SELECT pg_notify(n.channel, n.payload)
+                           FROM UNNEST($1::text[], $2::text[]) AS n(channel, payload)",
+                    )
+                    .bind(&channels)
+                    .bind(&payloads)
+                    .execute(&hub.pool)
+                    .await;
                     if let Err(err) = sent {
-                        tracing::debug!(channel = inner.channel, error = %err,
-                            "could not notify listeners; they will poll");
+                        tracing::debug!(error = %err, "could not notify listeners; they will poll");
                     }
                 }
             });
         });
-        self.inner.pending.notify_one();
+        self.hub.pending.notify_one();
     }
 }
 

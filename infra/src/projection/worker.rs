@@ -271,6 +271,13 @@ impl Worker {
         self.projection.name()
     }
 
+    /// Sends this worker's checkpoint notices through `notifier`'s task, with whatever else
+    /// the process notifies (one statement for what is pending together).
+    pub fn notifying_through(mut self, notifier: &Notifier) -> Self {
+        self.checkpoints = notifier.sharing(CHECKPOINTS_CHANNEL, self.name().to_owned());
+        self
+    }
+
     /// This worker's identity, as recorded in `projection_state.owner`.
     pub fn id(&self) -> &str {
         &self.id

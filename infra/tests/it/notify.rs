@@ -43,3 +43,24 @@ async fn coalesced_notifications_send_what_the_latest_commit_said(pool: PgPool) 
     assert!(!payloads.is_empty(), "nothing sent");
     assert!(payloads.iter().all(|p| p == "name"), "{payloads:?}");
 }
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn notifiers_sharing_a_task_each_send_their_own_latest(pool: PgPool) {
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener
+        .listen_all([CHANNEL, "ordo_test_other"])
+        .await
+        .unwrap();
+    let first = Notifier::on(pool.clone(), CHANNEL, "first".to_owned());
+    let second = first.sharing(CHANNEL, "second".to_owned());
+    let other = first.sharing("ordo_test_other", String::new());
+
+    // Pending together (this runtime has one thread: nothing is sent before the await).
+    first.committed_with("first running 1 1".to_owned());
+    first.committed_with("first running 1 2".to_owned());
+    second.committed();
+    other.committed();
+    let mut payloads = received(&mut listener, Duration::from_millis(500)).await;
+    payloads.sort();
+    assert_eq!(payloads, ["", "first running 1 2", "second"]);
+}

@@ -55,11 +55,14 @@ async fn from_log(pool: PgPool) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut wakeups = Vec::new();
     let mut tasks = Vec::new();
+    // The workers' checkpoint notices go out together when they coincide.
+    let notifier = infra::event_store::notify::Notifier::new(pool.clone());
     for projection in projections::all() {
         let name = projection.name();
         let worker = Worker::register(pool.clone(), projection, WorkerConfig::default())
             .await
-            .with_context(|| format!("failed to start projection {name}"))?;
+            .with_context(|| format!("failed to start projection {name}"))?
+            .notifying_through(&notifier);
         let wakeup = Arc::new(tokio::sync::Notify::new());
         wakeups.push(wakeup.clone());
         tasks.push(tokio::spawn(worker.run(wakeup, stopped.clone())));

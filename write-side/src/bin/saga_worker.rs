@@ -28,16 +28,6 @@ async fn main() -> anyhow::Result<()> {
     .context("failed to build the payment gateway client")?;
     let (stop, stopped) = watch::channel(false);
 
-    let trigger = Worker::register(
-        pool.clone(),
-        Arc::new(FulfillmentTrigger),
-        WorkerConfig::default(),
-    )
-    .await
-    .context("failed to start the saga trigger")?;
-    let trigger_wakeup = Arc::new(Notify::new());
-    let trigger_task = tokio::spawn(trigger.run(trigger_wakeup.clone(), stopped.clone()));
-
     let runner = Runner::new(
         pool.clone(),
         Arc::new(gateway),
@@ -47,6 +37,17 @@ async fn main() -> anyhow::Result<()> {
             ..RunnerConfig::new(settings.saga.payment_deadline)
         },
     );
+    let trigger = Worker::register(
+        pool.clone(),
+        Arc::new(FulfillmentTrigger),
+        WorkerConfig::default(),
+    )
+    .await
+    .context("failed to start the saga trigger")?
+    .notifying_through(runner.notifier());
+    let trigger_wakeup = Arc::new(Notify::new());
+    let trigger_task = tokio::spawn(trigger.run(trigger_wakeup.clone(), stopped.clone()));
+
     let runner_wakeup = Arc::new(Notify::new());
     let runner_task = tokio::spawn(runner.run(runner_wakeup.clone(), stopped.clone()));
 

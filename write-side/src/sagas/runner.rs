@@ -23,6 +23,7 @@ use domain::ports::{
 use domain::rejection::Rejection;
 use domain::text::DeclineReason;
 use infra::commands::{CommandExecutor, CommandOptions, ExecuteError, ExecutorPolicy};
+use infra::event_store::notify::Notifier;
 use infra::event_store::{EventLog, EventMetadata};
 use rand::Rng;
 use sqlx::PgPool;
@@ -117,6 +118,8 @@ pub struct Runner<G> {
     log: EventLog,
     /// The saga's saves, group-committed.
     saves: Arc<store::SaveBatcher>,
+    /// Sends the executors' notifications (and the trigger's, see [`Runner::notifier`]).
+    notifier: Notifier,
     gateway: Arc<G>,
     clock: Arc<dyn Clock>,
     crash_after: Option<CrashAfter>,
@@ -142,12 +145,17 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let notifier = Notifier::new(pool.clone());
         Arc::new(Self {
             saves: store::SaveBatcher::new(pool.clone(), id.clone()),
             id,
-            orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
-            items: CommandExecutor::new(pool.clone(), (), crate::state::inventory_policy()),
-            payments: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots()),
+            orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots())
+                .notifying_through(&notifier),
+            items: CommandExecutor::new(pool.clone(), (), crate::state::inventory_policy())
+                .notifying_through(&notifier),
+            payments: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots())
+                .notifying_through(&notifier),
+            notifier,
             log: EventLog::new(pool.clone()),
             pool,
             config,
@@ -155,6 +163,12 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             clock,
             crash_after: None,
         })
+    }
+
+    /// The notifier this runner's executors send through: the process's trigger can share
+    /// it ([`infra::projection::Worker::notifying_through`]).
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// A runner that "crashes" after actions `crash_after` picks (see [`CrashAfter`]).

@@ -94,6 +94,14 @@ impl StoredEvent {
     }
 }
 
+/// Rows of `COLUMNS` as events.
+fn decode_rows(rows: &[PgRow]) -> Result<Vec<StoredEvent>, StoreError> {
+    rows.iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::ReadLog)
+}
+
 // The text form of the xid8 gets its own alias: an output column named `transaction_id` would
 // capture `ORDER BY transaction_id` and sort transaction ids as text ("1000" < "999").
 const COLUMNS: &str = "event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
@@ -125,10 +133,7 @@ pub async fn read_after<'c>(
         .fetch_all(executor)
         .await
         .map_err(StoreError::ReadLog)?;
-    rows.iter()
-        .map(StoredEvent::from_row)
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::ReadLog)
+    decode_rows(&rows)
 }
 
 /// Like [`read_after`], but rows of other event types than `payload_types` come without
@@ -159,10 +164,7 @@ pub async fn read_after_lean<'c>(
         .fetch_all(executor)
         .await
         .map_err(StoreError::ReadLog)?;
-    rows.iter()
-        .map(StoredEvent::from_row)
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::ReadLog)
+    decode_rows(&rows)
 }
 
 /// The global log on a pool.
@@ -206,10 +208,7 @@ impl EventLog {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::ReadLog)?;
-        rows.iter()
-            .map(StoredEvent::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::ReadLog)
+        decode_rows(&rows)
     }
 
     /// Committed events matching an SQL condition over the `events` columns, in log order
@@ -229,10 +228,7 @@ impl EventLog {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::ReadLog)?;
-        rows.iter()
-            .map(StoredEvent::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::ReadLog)
+        decode_rows(&rows)
     }
 
     /// The event at `position`, if it is committed.
@@ -273,10 +269,7 @@ impl EventLog {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::ReadLog)?;
-        rows.iter()
-            .map(StoredEvent::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::ReadLog)
+        decode_rows(&rows)
     }
 
     /// Every committed event of one aggregate, in sequence order (for debugging and tests).
@@ -296,9 +289,6 @@ impl EventLog {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::ReadLog)?;
-        rows.iter()
-            .map(StoredEvent::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::ReadLog)
+        decode_rows(&rows)
     }
 }

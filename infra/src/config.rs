@@ -7,6 +7,7 @@
 //! | `DATABASE_MIGRATE` | `true` | run migrations at start-up |
 //! | `WRITE_ADDR` | `127.0.0.1:8080` | the command API's listen address |
 //! | `READ_ADDR` | `127.0.0.1:8081` | the query API's listen address |
+//! | `READ_CACHE_ORDERS` | `10000` | orders the query API keeps in memory (0: none) |
 //! | `PAYMENT_GATEWAY_URL` | `http://127.0.0.1:8090` | the payment gateway the saga charges through |
 //! | `PAYMENT_GATEWAY_TIMEOUT_MS` | `2000` | per call; a call that takes longer is retried |
 //! | `PAYMENT_GATEWAY_SIM_ADDR` | `127.0.0.1:8090` | where the simulator listens |
@@ -33,6 +34,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub write_api: HttpSettings,
     pub read_api: HttpSettings,
+    /// Orders the query API caches (`read_side::cache`; 0 turns the cache off).
+    pub read_cache_orders: usize,
     pub payment_gateway: PaymentGatewaySettings,
     pub saga: SagaSettings,
     pub kafka: KafkaSettings,
@@ -155,6 +158,7 @@ pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, Confi
             )?,
             request_timeout: Duration::from_secs(30),
         },
+        read_cache_orders: parse(&var, "READ_CACHE_ORDERS", 10_000, "a number of orders")?,
         payment_gateway: PaymentGatewaySettings {
             url: var("PAYMENT_GATEWAY_URL").unwrap_or_else(|| "http://127.0.0.1:8090".to_owned()),
             timeout: Duration::from_millis(parse(

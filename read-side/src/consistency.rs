@@ -11,6 +11,7 @@
 //! transaction id), and compared with checkpoints in log order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,12 @@ pub enum ConsistencyError {
 pub struct Checkpoints {
     pool: PgPool,
     channels: Mutex<HashMap<String, watch::Sender<Option<Progress>>>>,
+    /// Bumped whenever a read model may have changed without an event: a notice that does
+    /// not say where its projection is (a rebuild's swap, a reset, a state change), a
+    /// checkpoint seen moving back or changing state, and every (re)connection of the
+    /// notification listener (notices may have been missed). What was read before a bump
+    /// may not be the model any more (see [`crate::cache`]).
+    epoch: AtomicU64,
 }
 
 impl Checkpoints {
@@ -70,11 +77,37 @@ impl Checkpoints {
         Arc::new(Self {
             pool,
             channels: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// See the `epoch` field.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The checkpoint this process last heard `name` is at.
+    pub fn known(&self, name: &str) -> Option<Checkpoint> {
+        self.channel(name)
+            .borrow()
+            .as_ref()
+            .map(|progress| progress.checkpoint)
+    }
+
+    /// Follows `name`'s progress.
+    pub fn subscribe(&self, name: &str) -> watch::Receiver<Option<Progress>> {
+        self.channel(name).subscribe()
     }
 
     fn channel(&self, name: &str) -> watch::Sender<Option<Progress>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(name) {
+            return channel.clone();
+        }
         channels
             .entry(name.to_owned())
             .or_insert_with(|| watch::channel(None).0)
@@ -85,14 +118,24 @@ impl Checkpoints {
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
         for (name, checkpoint, state) in queries::projections::checkpoints(&self.pool).await? {
             let progress = Some(Progress { checkpoint, state });
+            let mut reset = false;
             self.channel(&name).send_if_modified(|current| {
                 if *current == progress {
                     false
                 } else {
+                    // Forward while running is what events do; anything else may not be.
+                    reset = current.as_ref().is_some_and(|known| {
+                        known.checkpoint > checkpoint
+                            || known.state != "running"
+                            || progress.as_ref().is_some_and(|p| p.state != "running")
+                    });
                     *current = progress;
                     true
                 }
             });
+            if reset {
+                self.bump_epoch();
+            }
         }
         Ok(())
     }
@@ -131,6 +174,8 @@ impl Checkpoints {
                 tracing::warn!(error = %err, "LISTEN failed; polling");
                 listener = None;
             }
+            // Notices may have been missed since the last connection.
+            self.bump_epoch();
             let mut refresh_due = true;
             let mut refreshed = Instant::now();
             while !self.pool.is_closed() {
@@ -147,11 +192,17 @@ impl Checkpoints {
                 match listener.as_mut() {
                     Some(l) => match tokio::time::timeout(REFRESH_EVERY, l.recv()).await {
                         Ok(Ok(notification)) => {
-                            if let Some(notice) = CheckpointNotice::parse(notification.payload())
-                                && let Some(checkpoint) = notice.running_at
-                            {
-                                self.advance(&notice.projection, checkpoint);
-                                refresh_due = false;
+                            match CheckpointNotice::parse(notification.payload()) {
+                                Some(CheckpointNotice {
+                                    projection,
+                                    running_at: Some(checkpoint),
+                                }) => {
+                                    self.advance(&projection, checkpoint);
+                                    refresh_due = false;
+                                }
+                                // A rebuild's swap, a reset, a pause: read the rows, and
+                                // what was read before may not be the model any more.
+                                _ => self.bump_epoch(),
                             }
                         }
                         Err(_) => {}
@@ -169,13 +220,14 @@ impl Checkpoints {
         }
     }
 
-    /// Waits (up to `wait`) until `projection` has applied the event at `position`.
+    /// Waits (up to `wait`) until `projection` has applied the event at `position`; returns
+    /// where that event is in the log.
     pub async fn wait_until_applied(
         &self,
         projection: &'static str,
         position: i64,
         wait: Duration,
-    ) -> Result<(), ConsistencyError> {
+    ) -> Result<Checkpoint, ConsistencyError> {
         let deadline = Instant::now() + wait;
         let target = queries::projections::locate(&self.pool, position)
             .await?
@@ -188,7 +240,7 @@ impl Checkpoints {
             let progress = receiver.borrow_and_update().clone();
             if let Some(progress) = &progress {
                 if progress.checkpoint >= target {
-                    return Ok(());
+                    return Ok(target);
                 }
                 if progress.state != "running" {
                     return Err(ConsistencyError::NotRunning {

@@ -11,6 +11,7 @@ use infra::db::Pool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cache::{DEFAULT_CAPACITY, OrderCache};
 use crate::consistency::Checkpoints;
 use crate::state::AppState;
 
@@ -20,6 +21,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     watcher: JoinHandle<()>,
+    follower: JoinHandle<()>,
 }
 
 impl Application {
@@ -30,22 +32,39 @@ impl Application {
         if settings.database.migrate_on_start {
             infra::db::migrate(&pool).await?;
         }
-        Self::build_with_pool(pool, &settings.read_api).await
+        Self::build_with(pool, &settings.read_api, settings.read_cache_orders).await
     }
 
-    /// Binds `http.addr` (port 0 picks a free port, as tests do) and wires the routes.
+    /// Binds `http.addr` (port 0 picks a free port, as tests do) and wires the routes, with
+    /// the default order cache.
     pub async fn build_with_pool(pool: Pool, http: &HttpSettings) -> anyhow::Result<Self> {
+        Self::build_with(pool, http, DEFAULT_CAPACITY).await
+    }
+
+    /// The same, caching at most `cached_orders` orders (0: no cache).
+    pub async fn build_with(
+        pool: Pool,
+        http: &HttpSettings,
+        cached_orders: usize,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(http.addr)
             .await
             .with_context(|| format!("failed to bind {}", http.addr))?;
         let checkpoints = Checkpoints::new(pool.clone());
         let watcher = tokio::spawn(checkpoints.clone().watch());
-        let state = AppState { pool, checkpoints };
+        let orders = OrderCache::new(cached_orders, checkpoints.clone());
+        let follower = tokio::spawn(orders.clone().follow(pool.clone()));
+        let state = AppState {
+            pool,
+            checkpoints,
+            orders,
+        };
         let router = crate::http::router(state, http.request_timeout);
         Ok(Self {
             listener,
             router,
             watcher,
+            follower,
         })
     }
 
@@ -63,10 +82,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let result =
             http_kit::serve::run_until_stopped(self.listener, self.router, shutdown, drain).await;
-        // Cancel the watcher and wait for it, so its LISTEN connection is back in the pool
-        // (a pool being closed waits for it).
+        // Cancel the watcher and the cache's follower and wait for them, so their connections
+        // are back in the pool (a pool being closed waits for them).
         self.watcher.abort();
+        self.follower.abort();
         let _ = self.watcher.await;
+        let _ = self.follower.await;
         result
     }
 }

@@ -210,7 +210,14 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("cases 3 and 4: full saga, projection lag");
             rows.extend(load.saga(&settings).await?);
             eprintln!("case 6: reads by key");
-            rows.push(load.reads(&settings, &order_ids).await?);
+            rows.push(
+                load.reads(&settings, &order_ids, load::ReadsFrom::Cache)
+                    .await?,
+            );
+            rows.push(
+                load.reads(&settings, &order_ids, load::ReadsFrom::Database)
+                    .await?,
+            );
             rows.extend(load::peak_rss(&services)?);
             report::write_rows(&out, &rows)
         }

@@ -1,7 +1,7 @@
 //! `GET /orders/{id}`.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use http_kit::ProblemBody;
@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::MoneyView;
+use crate::cache::Cached;
 use crate::http::conditional;
 use crate::http::error::QueryError;
 use crate::http::params::ReadAfter;
@@ -130,9 +131,10 @@ impl OrderView {
         ("id" = String, Path, description = "The order id"),
         ("X-Consistency-Token" = Option<i64>, Header, description = "A `position` from the command API: answer only once it is applied"),
         ("wait" = Option<String>, Query, description = "How long to wait for the token: `500ms`, `2s` (default 2s, at most 10s)"),
+        ("Cache-Control" = Option<String>, Header, description = "`no-cache`: answer from the database, not from the query API's order cache"),
     ),
     responses(
-        (status = 200, description = "The order", body = OrderView, headers(("ETag" = String))),
+        (status = 200, description = "The order", body = OrderView, headers(("ETag" = String), ("X-Cache" = String, description = "`hit`: from the query API's order cache; `miss`: from the database"))),
         (status = 304, description = "Unchanged since the ETag in If-None-Match"),
         (status = 400, description = "Invalid id or token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such order (`order_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
@@ -149,15 +151,43 @@ pub async fn get_order(
         name: "id",
         detail: "must be a UUID".to_owned(),
     })?;
-    read_after.ensure(&app, serving::ORDER_DETAILS).await?;
-    let (row, timeline) = queries::orders::order(&app.pool, order_id)
+    let token = read_after.ensure(&app, serving::ORDER_DETAILS).await?;
+    if !read_after.no_cache
+        && let Some(cached) = app.orders.get(order_id, token)
+    {
+        let mut response = conditional::respond_encoded(&headers, cached.body, &cached.etag);
+        response
+            .headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static("hit"));
+        return Ok(response);
+    }
+    let ticket = app.orders.ticket();
+    let found = queries::orders::order(&app.pool, order_id)
         .await?
         .ok_or_else(|| QueryError::NotFound {
             code: "order_not_found",
             detail: format!("no order {order_id}"),
         })?;
-    Ok(conditional::respond(
-        &headers,
-        &OrderView::new(row, timeline)?,
-    ))
+    let as_of = found.as_of;
+    let view = OrderView::new(found.order, found.timeline)?;
+    let (body, etag) = conditional::encode(&view).map_err(|err| {
+        QueryError::Internal(anyhow::Error::new(err).context("encoding an order"))
+    })?;
+    app.orders.put(
+        ticket,
+        order_id,
+        as_of,
+        Cached {
+            body: body.clone(),
+            etag: etag.clone(),
+        },
+    );
+    let mut response = conditional::respond_encoded(&headers, body, &etag);
+    response
+        .headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static("miss"));
+    Ok(response)
 }
+
+/// `hit` when the answer came from the order cache, `miss` when from the database.
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");

@@ -8,6 +8,7 @@ use axum::http::Uri;
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use infra::event_store::Checkpoint;
 use serde::de::DeserializeOwned;
 
 use super::error::{FieldError, QueryError};
@@ -98,22 +99,30 @@ pub fn wait(value: Option<&str>) -> Result<Duration, FieldError> {
 
 /// Read-your-writes: `X-Consistency-Token: <position>` (the `position` a command returned)
 /// and `?wait=`. The handler calls `ensure` with the projection it reads from.
+/// `Cache-Control: no-cache` asks for an answer from the database, not from memory.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAfter {
     pub token: Option<i64>,
     pub wait: Duration,
+    pub no_cache: bool,
 }
 
 impl ReadAfter {
-    /// Returns once the projection has applied the token's event; a 503 problem if it has not
-    /// within the wait, or cannot (halted).
-    pub async fn ensure(&self, app: &AppState, projection: &'static str) -> Result<(), QueryError> {
-        if let Some(token) = self.token {
-            app.checkpoints
-                .wait_until_applied(projection, token, self.wait)
-                .await?;
+    /// Returns once the projection has applied the token's event (with the token's place in
+    /// the log); a 503 problem if it has not within the wait, or cannot (halted).
+    pub async fn ensure(
+        &self,
+        app: &AppState,
+        projection: &'static str,
+    ) -> Result<Option<Checkpoint>, QueryError> {
+        match self.token {
+            Some(token) => Ok(Some(
+                app.checkpoints
+                    .wait_until_applied(projection, token, self.wait)
+                    .await?,
+            )),
+            None => Ok(None),
         }
-        Ok(())
     }
 }
 
@@ -139,7 +148,22 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadAfter {
         let params: HashMap<String, String> = query(&parts.uri)?;
         let wait = wait(params.get("wait").map(String::as_str))
             .map_err(|err| QueryError::InvalidQuery { errors: vec![err] })?;
-        Ok(Self { token, wait })
+        let no_cache = parts
+            .headers
+            .get_all(axum::http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|directive| {
+                let directive = directive.trim();
+                directive.eq_ignore_ascii_case("no-cache")
+                    || directive.eq_ignore_ascii_case("no-store")
+            });
+        Ok(Self {
+            token,
+            wait,
+            no_cache,
+        })
     }
 }
 

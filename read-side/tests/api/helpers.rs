@@ -245,6 +245,27 @@ impl System {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        drop(workers);
+        self.heard_of_the_head().await;
+    }
+
+    /// Waits until the query API has heard that `order_details` applied the whole log, as
+    /// a client would: a read with the last event's position as its token. Until then its
+    /// order cache may answer from before the last batch (its notice still on the way), as
+    /// it documents; tests that read right after `project()` expect the batch.
+    async fn heard_of_the_head(&self) {
+        let head: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("the log's head");
+        if let Some(head) = head {
+            // 404 (no such order) once heard; a halted projection answers 503 at once.
+            let _ = self
+                .get_with(&format!("/orders/{}?wait=5s", uuid::Uuid::nil()))
+                .header("x-consistency-token", head)
+                .send()
+                .await;
+        }
     }
 
     /// Starts the projectors in the background, as the projector binary does, until `stop`.

@@ -196,3 +196,160 @@ async fn invalid_pages_are_bad_requests(pool: PgPool) {
 fn read_side_cursor(kind: &str, value: &str) -> String {
     read_side::http::params::encode_cursor(kind, value)
 }
+
+fn cache_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned()
+}
+
+fn etag_of(response: &reqwest::Response) -> String {
+    response.headers()["etag"]
+        .to_str()
+        .expect("an ETag is text")
+        .to_owned()
+}
+
+async fn place(system: &System) -> (String, i64) {
+    let placed = system
+        .command(
+            "/orders",
+            &serde_json::json!({
+                "customer_id": CUSTOMER,
+                "lines": [{"sku": "MUG", "quantity": 1}],
+                "payment": {"card_token": "tok_visa"},
+            }),
+        )
+        .await;
+    (
+        placed["order_id"].as_str().expect("order id").to_owned(),
+        placed["position"].as_i64().expect("position"),
+    )
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn an_order_is_answered_from_memory_until_it_changes(pool: PgPool) {
+    let mut system = System::spawn(pool).await;
+    system.start_projector();
+    system.register("MUG", 1250, 10).await;
+    let (order_id, placed) = place(&system).await;
+    let (other_id, _) = place(&system).await;
+    let path = format!("/orders/{order_id}");
+
+    let first = system
+        .get_with(&path)
+        .header("x-consistency-token", placed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(cache_of(&first), "miss");
+    let etag = etag_of(&first);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "pending");
+
+    let again = system.get(&path).await;
+    assert_eq!(cache_of(&again), "hit");
+    assert_eq!(etag_of(&again), etag);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    // The ETag still works from memory.
+    let unchanged = system
+        .get_with(&path)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    // `Cache-Control: no-cache` reads the database.
+    let fresh = system
+        .get_with(&path)
+        .header("cache-control", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_of(&fresh), "miss");
+    assert_eq!(etag_of(&fresh), etag);
+
+    // Another order's change leaves this one's entry alone.
+    let cancelled_other = system
+        .command(
+            &format!("/orders/{other_id}/cancel"),
+            &serde_json::json!({"reason": "customer_request"}),
+        )
+        .await;
+    let other = system
+        .get_with(&format!("/orders/{other_id}"))
+        .header(
+            "x-consistency-token",
+            cancelled_other["position"].as_i64().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.json::<Value>().await.unwrap()["status"], "cancelled");
+    let still = system.get(&path).await;
+    assert_eq!(cache_of(&still), "hit");
+
+    // Its own change: a read with the change's token sees it at once.
+    let cancelled = system
+        .command(
+            &format!("/orders/{order_id}/cancel"),
+            &serde_json::json!({"reason": "customer_request"}),
+        )
+        .await;
+    let after = system
+        .get_with(&path)
+        .header(
+            "x-consistency-token",
+            cancelled["position"].as_i64().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.json::<Value>().await.unwrap()["status"], "cancelled");
+    // And once the cache's follower has passed the change (give it time), reads without a
+    // token see it too: the old entry was dropped, not served.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let later = system.get_json(&path).await;
+    assert_eq!(later["status"], "cancelled");
+    system.stop().await;
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_notice_that_the_model_changed_without_events_empties_the_cache(pool: PgPool) {
+    let mut system = System::spawn(pool.clone()).await;
+    system.start_projector();
+    system.register("MUG", 1250, 10).await;
+    let (order_id, placed) = place(&system).await;
+    let path = format!("/orders/{order_id}");
+    let first = system
+        .get_with(&path)
+        .header("x-consistency-token", placed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_of(&first), "miss");
+    assert_eq!(cache_of(&system.get(&path).await), "hit");
+    // What a rebuild's swap (or an operator's reset) sends: the projection's name alone.
+    sqlx::query("SELECT pg_notify($1, 'order_details')")
+        .bind(infra::channels::CHECKPOINTS)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let response = system.get(&path).await;
+        if cache_of(&response) == "miss" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache still answered after the notice"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    system.stop().await;
+}

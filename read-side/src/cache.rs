@@ -547,6 +547,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_without_a_token_is_never_older_than_what_the_projection_reported() {
+        let cache = cache(10, 10);
+        let a = Uuid::new_v4();
+        cache.put(cache.ticket(), a, at(10), cached("a@10"));
+        // The projection says it applied up to 14; the follower has not read that far.
+        cache.checkpoints.advance(serving::ORDER_DETAILS, at(14));
+        assert_eq!(body(&cache, a, None), None);
+        cache.saw(&[order_event(Uuid::new_v4(), 14)]);
+        assert_eq!(body(&cache, a, None).as_deref(), Some("a@10"));
+    }
+
+    #[tokio::test]
     async fn a_reset_empties_the_cache_and_refuses_reads_begun_before_it() {
         let cache = cache(10, 10);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());

@@ -142,7 +142,7 @@ impl Checkpoints {
 
     /// A worker's notice that `name` is running at `checkpoint`: wakes its waiters if that
     /// is further than known (a late notice never moves a checkpoint back).
-    fn advance(&self, name: &str, checkpoint: Checkpoint) {
+    pub(crate) fn advance(&self, name: &str, checkpoint: Checkpoint) {
         self.channel(name)
             .send_if_modified(|current| match current {
                 Some(known) if known.checkpoint >= checkpoint => false,

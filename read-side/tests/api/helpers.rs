@@ -136,6 +136,15 @@ impl System {
             .expect("query sent")
     }
 
+    /// A read with `position` as its consistency token.
+    pub async fn get_after(&self, path: &str, position: i64) -> Response {
+        self.get_with(path)
+            .header("x-consistency-token", position)
+            .send()
+            .await
+            .expect("query sent")
+    }
+
     pub fn get_with(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.get(format!("http://{}{path}", self.read))
     }

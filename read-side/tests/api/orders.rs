@@ -239,12 +239,7 @@ async fn an_order_is_answered_from_memory_until_it_changes(pool: PgPool) {
     let (other_id, _) = place(&system).await;
     let path = format!("/orders/{order_id}");
 
-    let first = system
-        .get_with(&path)
-        .header("x-consistency-token", placed)
-        .send()
-        .await
-        .unwrap();
+    let first = system.get_after(&path, placed).await;
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(cache_of(&first), "miss");
     let etag = etag_of(&first);
@@ -281,14 +276,11 @@ async fn an_order_is_answered_from_memory_until_it_changes(pool: PgPool) {
         )
         .await;
     let other = system
-        .get_with(&format!("/orders/{other_id}"))
-        .header(
-            "x-consistency-token",
+        .get_after(
+            &format!("/orders/{other_id}"),
             cancelled_other["position"].as_i64().unwrap(),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(other.json::<Value>().await.unwrap()["status"], "cancelled");
     let still = system.get(&path).await;
     assert_eq!(cache_of(&still), "hit");
@@ -301,14 +293,8 @@ async fn an_order_is_answered_from_memory_until_it_changes(pool: PgPool) {
         )
         .await;
     let after = system
-        .get_with(&path)
-        .header(
-            "x-consistency-token",
-            cancelled["position"].as_i64().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+        .get_after(&path, cancelled["position"].as_i64().unwrap())
+        .await;
     assert_eq!(after.json::<Value>().await.unwrap()["status"], "cancelled");
     // And once the cache's follower has passed the change (give it time), reads without a
     // token see it too: the old entry was dropped, not served.
@@ -325,12 +311,7 @@ async fn a_notice_that_the_model_changed_without_events_empties_the_cache(pool: 
     system.register("MUG", 1250, 10).await;
     let (order_id, placed) = place(&system).await;
     let path = format!("/orders/{order_id}");
-    let first = system
-        .get_with(&path)
-        .header("x-consistency-token", placed)
-        .send()
-        .await
-        .unwrap();
+    let first = system.get_after(&path, placed).await;
     assert_eq!(cache_of(&first), "miss");
     assert_eq!(cache_of(&system.get(&path).await), "hit");
     // What a rebuild's swap (or an operator's reset) sends: the projection's name alone.

@@ -103,6 +103,8 @@ pub enum RebuildError {
     },
     #[error("failed to read the log")]
     ReadLog(#[source] StoreError),
+    #[error("the task reading the log ahead failed")]
+    ReadAhead(#[source] tokio::task::JoinError),
 }
 
 fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> RebuildError {
@@ -151,11 +153,34 @@ pub async fn apply_batch(
     checkpoint: Checkpoint,
     limit: u32,
 ) -> Result<(usize, Checkpoint), RebuildError> {
-    let events = match projection.event_types() {
-        Some(types) => log::read_after_lean(&mut *conn, checkpoint, limit, types).await,
-        None => log::read_after(&mut *conn, checkpoint, limit).await,
+    let events = read_batch(&mut *conn, projection.event_types(), checkpoint, limit).await?;
+    apply_events(conn, projection, checkpoint, events).await
+}
+
+/// Up to `limit` settled events after `checkpoint`, with payloads only for `types` (all
+/// when `None`). Settled events never change, so this may run on any connection, ahead of
+/// the transaction that applies them.
+async fn read_batch<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    types: Option<&'static [&'static str]>,
+    checkpoint: Checkpoint,
+    limit: u32,
+) -> Result<Vec<infra::event_store::StoredEvent>, RebuildError> {
+    match types {
+        Some(types) => log::read_after_lean(executor, checkpoint, limit, types).await,
+        None => log::read_after(executor, checkpoint, limit).await,
     }
-    .map_err(RebuildError::ReadLog)?;
+    .map_err(RebuildError::ReadLog)
+}
+
+/// Applies `events` (read after `checkpoint`) in the caller's transaction. Returns how many
+/// there were and the checkpoint after them.
+async fn apply_events(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    checkpoint: Checkpoint,
+    events: Vec<infra::event_store::StoredEvent>,
+) -> Result<(usize, Checkpoint), RebuildError> {
     let Some(last) = events.last().map(|e| e.checkpoint()) else {
         return Ok((0, checkpoint));
     };
@@ -184,6 +209,18 @@ pub async fn apply_batch(
         });
     }
     Ok((read, last))
+}
+
+/// Reads the batch after `checkpoint` on a pool connection of its own, in a task, so the
+/// next batch is read (and its rows decoded) while this one is applied.
+fn read_ahead(
+    pool: &PgPool,
+    types: Option<&'static [&'static str]>,
+    checkpoint: Checkpoint,
+    limit: u32,
+) -> tokio::task::JoinHandle<Result<Vec<infra::event_store::StoredEvent>, RebuildError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { read_batch(&pool, types, checkpoint, limit).await })
 }
 
 /// Rows added, removed and changed in `schema`'s copy of each table, against live.
@@ -349,25 +386,35 @@ pub async fn rebuild(
     let already_read = events_read;
     progress(events_read, total);
 
-    // Build, batch by batch, until the shadow has every settled event.
+    // Build, batch by batch, until the shadow has every settled event. The next batch is
+    // read while this one is applied (the read uses another connection; settled events
+    // never change), so reading and decoding overlap with the writes.
     let mut idle_since: Option<Instant> = None;
+    let types = projection.event_types();
+    let mut ahead = read_ahead(pool, types, checkpoint, options.batch_size);
     loop {
         if stop.load(Ordering::SeqCst) {
+            ahead.abort();
             return Err(RebuildError::Interrupted {
                 events_read: events_read - already_read,
             });
+        }
+        let events = (&mut ahead).await.map_err(RebuildError::ReadAhead)??;
+        if let Some(last) = events.last() {
+            ahead = read_ahead(pool, types, last.checkpoint(), options.batch_size);
         }
         let mut tx = pool.begin().await.map_err(database("begin"))?;
         let batch = async {
             set_search_path(&mut tx, &schema)
                 .await
                 .map_err(database("select the shadow tables"))?;
-            apply_batch(&mut tx, projection, checkpoint, options.batch_size).await
+            apply_events(&mut tx, projection, checkpoint, events).await
         }
         .await;
         let (read, next) = match batch {
             Ok(batch) => batch,
             Err(err) => {
+                ahead.abort();
                 let _ = tx.rollback().await;
                 return Err(err);
             }
@@ -386,6 +433,7 @@ pub async fn rebuild(
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+            ahead = read_ahead(pool, types, checkpoint, options.batch_size);
             continue;
         }
         idle_since = None;

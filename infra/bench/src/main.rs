@@ -76,6 +76,10 @@ enum Phase {
         /// Services whose peak RSS is reported, as NAME=PID.
         #[arg(long = "service", value_parser = parse_service)]
         services: Vec<(String, u32)>,
+        /// Which cases to run (for profiling one of them): place (1), hot (2), saga (3 and
+        /// 4), reads (6). Peak RSS (7) is always reported.
+        #[arg(long, value_delimiter = ',', default_value = "place,hot,saga,reads", value_parser = ["place", "hot", "saga", "reads"])]
+        cases: Vec<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -185,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             saga_seconds,
             max_orders,
             services,
+            cases,
             out,
         } => {
             let settings = load::Settings {
@@ -203,21 +208,30 @@ async fn main() -> anyhow::Result<()> {
             load.settle(settings.settle_timeout).await?;
             let mut rows = Vec::new();
             let mut order_ids = Vec::new();
-            eprintln!("case 1: place orders");
-            rows.extend(load.place_orders(&settings, &mut order_ids).await?);
-            eprintln!("case 2: hot SKU");
-            rows.push(load.hot_sku(&settings).await?);
-            eprintln!("cases 3 and 4: full saga, projection lag");
-            rows.extend(load.saga(&settings).await?);
-            eprintln!("case 6: reads by key");
-            rows.push(
-                load.reads(&settings, &order_ids, load::ReadsFrom::Cache)
-                    .await?,
-            );
-            rows.push(
-                load.reads(&settings, &order_ids, load::ReadsFrom::Database)
-                    .await?,
-            );
+            let wanted = |case: &str| cases.iter().any(|c| c == case);
+            if wanted("place") || wanted("reads") {
+                eprintln!("case 1: place orders");
+                rows.extend(load.place_orders(&settings, &mut order_ids).await?);
+            }
+            if wanted("hot") {
+                eprintln!("case 2: hot SKU");
+                rows.push(load.hot_sku(&settings).await?);
+            }
+            if wanted("saga") {
+                eprintln!("cases 3 and 4: full saga, projection lag");
+                rows.extend(load.saga(&settings).await?);
+            }
+            if wanted("reads") {
+                eprintln!("case 6: reads by key");
+                rows.push(
+                    load.reads(&settings, &order_ids, load::ReadsFrom::Cache)
+                        .await?,
+                );
+                rows.push(
+                    load.reads(&settings, &order_ids, load::ReadsFrom::Database)
+                        .await?,
+                );
+            }
             rows.extend(load::peak_rss(&services)?);
             report::write_rows(&out, &rows)
         }

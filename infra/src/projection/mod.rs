@@ -73,6 +73,15 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Applies a batch of events (those `handles` accepted), in log order.
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError>;
+
+    /// Called by the worker when a batch's transaction ended: `committed` when its effects
+    /// (and the checkpoint) are durable, false when it rolled back or its commit failed (it
+    /// may then have run [`apply`](Self::apply) zero, one or more times). What must follow
+    /// only a committed batch (the saga trigger handing the sagas it started to the runner
+    /// of its process) goes here; the default does nothing.
+    fn finished(&self, committed: bool) {
+        let _ = committed;
+    }
 }
 
 /// A table a projection owns.

@@ -394,7 +394,9 @@ impl Worker {
         // connection's next use, holding the projection's row lock meanwhile.
         match step {
             Ok(Step::Commit(outcome)) => {
-                tx.commit().await.map_err(self.database("commit"))?;
+                let committed = tx.commit().await.map_err(self.database("commit"));
+                self.projection.finished(committed.is_ok());
+                committed?;
                 if let Outcome::Progressed { .. } = outcome {
                     self.known = self.applied_up_to.take();
                     match self.known {
@@ -409,6 +411,7 @@ impl Worker {
                 Ok(outcome)
             }
             Ok(Step::Rollback(outcome)) => {
+                self.projection.finished(false);
                 tx.rollback().await.map_err(self.database("roll back"))?;
                 Ok(outcome)
             }
@@ -417,10 +420,12 @@ impl Worker {
                 stored,
                 error,
             }) => {
+                self.projection.finished(false);
                 let _ = tx.rollback().await;
                 self.failed(index, &stored, error).await
             }
             Err(err) => {
+                self.projection.finished(false);
                 let _ = tx.rollback().await;
                 Err(err)
             }

@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let trigger = Worker::register(
         pool.clone(),
-        Arc::new(FulfillmentTrigger),
+        Arc::new(FulfillmentTrigger::handing_to(runner.handoff())),
         WorkerConfig::default(),
     )
     .await

@@ -107,6 +107,81 @@ fn may_skip_save(before: &Stage, after: &Stage) -> bool {
     }
 }
 
+/// Sagas the trigger of this process started already claimed for this process's runner,
+/// handed over once the trigger's transaction committed: a new saga's first step needs no
+/// claim statement and no wake-up through PostgreSQL. The trigger claims at most
+/// [`room`](Handoff::room) at a time, so a backlog (a trigger catching up) does not become
+/// thousands of tasks whose leases run out before they are worked on; the rest start
+/// unclaimed and are claimed as usual. Sagas handed over but never worked on (the process
+/// stops first) are claimed by some runner when their lease ends.
+#[derive(Debug)]
+pub struct Handoff {
+    runner: String,
+    lease: Duration,
+    capacity: usize,
+    inbox: std::sync::Mutex<Vec<Claimed>>,
+    /// Handed over and not finished yet.
+    in_flight: std::sync::atomic::AtomicUsize,
+    arrived: Notify,
+}
+
+impl Handoff {
+    fn new(runner: String, lease: Duration, capacity: usize) -> Self {
+        Self {
+            runner,
+            lease,
+            capacity,
+            inbox: std::sync::Mutex::new(Vec::new()),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            arrived: Notify::new(),
+        }
+    }
+
+    /// The runner the sagas are claimed for.
+    pub fn runner(&self) -> &str {
+        &self.runner
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How many more sagas the runner takes this way now.
+    pub fn room(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Hands over sagas started claimed for [`runner`](Self::runner) in a committed
+    /// transaction.
+    pub fn give(&self, sagas: Vec<Claimed>) {
+        if sagas.is_empty() {
+            return;
+        }
+        self.in_flight
+            .fetch_add(sagas.len(), std::sync::atomic::Ordering::Relaxed);
+        self.inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(sagas);
+        self.arrived.notify_one();
+    }
+
+    /// Sagas handed over that the runner has not taken yet.
+    pub fn waiting(&self) -> usize {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn take(&self) -> Vec<Claimed> {
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn done(&self) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Works on fulfilment sagas.
 pub struct Runner<G> {
     pool: PgPool,
@@ -123,6 +198,7 @@ pub struct Runner<G> {
     gateway: Arc<G>,
     clock: Arc<dyn Clock>,
     crash_after: Option<CrashAfter>,
+    handoff: Arc<Handoff>,
 }
 
 impl<G> std::fmt::Debug for Runner<G> {
@@ -148,6 +224,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         let notifier = Notifier::new(pool.clone());
         Arc::new(Self {
             saves: store::SaveBatcher::new(pool.clone(), id.clone()),
+            handoff: Arc::new(Handoff::new(id.clone(), config.lease, config.concurrency)),
             id,
             orders: CommandExecutor::new(pool.clone(), (), ExecutorPolicy::without_snapshots())
                 .notifying_through(&notifier),
@@ -169,6 +246,12 @@ impl<G: PaymentGateway + 'static> Runner<G> {
     /// it ([`infra::projection::Worker::notifying_through`]).
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    /// Where this process's trigger hands over the sagas it starts claimed for this runner
+    /// ([`crate::sagas::trigger::FulfillmentTrigger::handing_to`]).
+    pub fn handoff(&self) -> Arc<Handoff> {
+        self.handoff.clone()
     }
 
     /// A runner that "crashes" after actions `crash_after` picks (see [`CrashAfter`]).
@@ -211,18 +294,28 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         // Woken by a notice (new or signalled sagas) or the poll interval, rather than by a
         // saga in hand finishing.
         let mut woken = true;
+        // The last claim took all it asked for: more may be due.
+        let mut backlog = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            for saga in self.handoff.take() {
+                let runner = self.clone();
+                tasks.spawn(async move {
+                    runner.process(saga).await;
+                    runner.handoff.done();
+                });
+            }
             let free = self.config.concurrency.saturating_sub(tasks.len());
-            // A claim is a statement: one per wake-up takes whatever fell due, and while
-            // busy, slots freed by finished sagas are claimed a quarter of them (at most 8)
-            // at a time, which drains a backlog without a claim per saga.
+            // A claim is a statement: one per wake-up takes whatever fell due, and while a
+            // backlog lasts, slots freed by finished sagas are claimed a quarter of them (at
+            // most 8) at a time, which drains it without a claim per saga.
             let chunk = (self.config.concurrency / 4).clamp(1, 8);
-            if free > 0 && (woken || free >= chunk || tasks.is_empty()) {
+            if free > 0 && (woken || (backlog && free >= chunk) || tasks.is_empty()) {
                 match store::claim(&self.pool, &self.id, self.config.lease, free as i64).await {
                     Ok(claimed) => {
+                        backlog = claimed.len() == free;
                         for saga in claimed {
                             let runner = self.clone();
                             tasks.spawn(async move { runner.process(saga).await });
@@ -237,6 +330,7 @@ impl<G: PaymentGateway + 'static> Runner<G> {
             tokio::select! {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = wakeup.notified() => woken = true,
+                () = self.handoff.arrived.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => woken = true,
                 _ = shutdown.changed() => {}
             }

@@ -54,26 +54,52 @@ fn encode(saga: &Fulfillment) -> serde_json::Value {
     serde_json::to_value(saga).unwrap_or(serde_json::Value::Null)
 }
 
+/// A claim the trigger takes on the sagas it starts, for the runner of its own process
+/// (see [`super::runner::Handoff`]): the first `max` of them start claimed by `runner`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimOnStart<'a> {
+    pub runner: &'a str,
+    pub lease: Duration,
+    pub max: usize,
+}
+
 /// Starts sagas (due now), in one statement; a second start of the same order does nothing.
-pub async fn start_many(conn: &mut PgConnection, sagas: &[Fulfillment]) -> Result<(), sqlx::Error> {
+/// With `claim`, the first `claim.max` start claimed (an ordinary lease: if the runner
+/// never gets them, they are claimed again once it runs out). Returns the orders whose
+/// sagas this call started claimed.
+pub async fn start_many(
+    conn: &mut PgConnection,
+    sagas: &[Fulfillment],
+    claim: Option<ClaimOnStart<'_>>,
+) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
     if sagas.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let order_ids: Vec<uuid::Uuid> = sagas.iter().map(|s| s.order_id.as_uuid()).collect();
     let states: Vec<serde_json::Value> = sagas.iter().map(encode).collect();
     let stages: Vec<&str> = sagas.iter().map(|s| s.stage.name()).collect();
-    sqlx::query(
-        "INSERT INTO fulfillment_sagas (order_id, state, stage, next_step, due_at)
-         SELECT order_id, state, stage, 'reserve', now()
-           FROM UNNEST($1::uuid[], $2::jsonb[], $3::text[]) AS s(order_id, state, stage)
-         ON CONFLICT (order_id) DO NOTHING",
+    let max = claim.map_or(0, |c| c.max);
+    let claimed: Vec<bool> = (0..sagas.len()).map(|i| i < max).collect();
+    sqlx::query_scalar(
+        "INSERT INTO fulfillment_sagas
+                (order_id, state, stage, next_step, due_at, claimed_by, claimed_until)
+         SELECT order_id, state, stage, 'reserve', now(),
+                CASE WHEN claimed THEN $5 END,
+                CASE WHEN claimed THEN now() + $6 * interval '1 millisecond' END
+           FROM UNNEST($1::uuid[], $2::jsonb[], $3::text[], $4::bool[])
+                AS s(order_id, state, stage, claimed)
+         ON CONFLICT (order_id) DO NOTHING
+         RETURNING CASE WHEN claimed_by IS NOT NULL THEN order_id END",
     )
     .bind(&order_ids)
     .bind(&states)
     .bind(&stages)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(&claimed)
+    .bind(claim.map(|c| c.runner))
+    .bind(claim.map_or(0.0, |c| c.lease.as_millis() as f64))
+    .fetch_all(conn)
+    .await
+    .map(|ids: Vec<Option<uuid::Uuid>>| ids.into_iter().flatten().collect())
 }
 
 /// Records a signal and makes the saga due now.

@@ -11,14 +11,70 @@ use infra::projection::events::DomainEvent;
 use infra::projection::{ApplyError, CheckpointNotice, Decoded, Projection};
 use sqlx::PgConnection;
 
-use super::order_fulfillment::Fulfillment;
-use super::store;
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Copy)]
-pub struct FulfillmentTrigger;
+use super::order_fulfillment::{Fulfillment, Signals};
+use super::runner::Handoff;
+use super::store::{self, Claimed};
+
+/// The trigger. With a [`Handoff`] (the saga worker's), the sagas it starts are claimed for
+/// the runner of its process in the same statement and handed to it once the batch commits.
+#[derive(Debug, Clone, Default)]
+pub struct FulfillmentTrigger {
+    handoff: Option<Arc<Handoff>>,
+    /// Started claimed by the batch in progress; handed over when it commits.
+    started: Arc<Mutex<Vec<Claimed>>>,
+}
 
 impl FulfillmentTrigger {
     pub const NAME: &'static str = "order_fulfillment";
+
+    /// A trigger that leaves every saga it starts to be claimed by some runner.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A trigger that hands the sagas it starts to `handoff`'s runner (at most its room).
+    pub fn handing_to(handoff: Arc<Handoff>) -> Self {
+        Self {
+            handoff: Some(handoff),
+            started: Arc::default(),
+        }
+    }
+
+    fn started(&self) -> std::sync::MutexGuard<'_, Vec<Claimed>> {
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the starts so far (claimed for the hand-off's runner while it has room).
+    async fn start(
+        &self,
+        conn: &mut PgConnection,
+        starts: &mut Vec<Fulfillment>,
+    ) -> Result<(), sqlx::Error> {
+        let starts = std::mem::take(starts);
+        let claim = self.handoff.as_ref().map(|handoff| store::ClaimOnStart {
+            runner: handoff.runner(),
+            lease: handoff.lease(),
+            max: handoff.room().saturating_sub(self.started().len()),
+        });
+        let claimed = store::start_many(conn, &starts, claim).await?;
+        if !claimed.is_empty() {
+            let mut started = self.started();
+            started.extend(
+                starts
+                    .into_iter()
+                    .filter(|saga| claimed.contains(&saga.order_id.as_uuid()))
+                    .map(|saga| Claimed {
+                        saga,
+                        signals: Signals::default(),
+                        seen: 0,
+                        attempts: 0,
+                    }),
+            );
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -47,10 +103,18 @@ impl Projection for FulfillmentTrigger {
         // commit.
         let mut starts = Vec::new();
         for decoded in events {
-            apply_one(conn, &decoded.stored, &decoded.event, &mut starts).await?;
+            self.apply_one(conn, &decoded.stored, &decoded.event, &mut starts)
+                .await?;
         }
-        store::start_many(conn, &starts).await?;
+        self.start(conn, &mut starts).await?;
         Ok(())
+    }
+
+    fn finished(&self, committed: bool) {
+        let started = std::mem::take(&mut *self.started());
+        if committed && let Some(handoff) = &self.handoff {
+            handoff.give(started);
+        }
     }
 }
 
@@ -62,13 +126,14 @@ pub fn wakes_runners(payload: &str) -> bool {
 }
 
 /// Adds a start to `starts`, or signals a saga (after writing the starts so far).
-async fn apply_one(
-    conn: &mut PgConnection,
-    stored: &StoredEvent,
-    event: &DomainEvent,
-    starts: &mut Vec<Fulfillment>,
-) -> Result<(), ApplyError> {
-    {
+impl FulfillmentTrigger {
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        stored: &StoredEvent,
+        event: &DomainEvent,
+        starts: &mut Vec<Fulfillment>,
+    ) -> Result<(), ApplyError> {
         let DomainEvent::Order(event) = event else {
             return Ok(());
         };
@@ -92,11 +157,11 @@ async fn apply_one(
                 starts.push(saga);
             }
             OrderEvent::Cancelled { .. } => {
-                store::start_many(conn, &std::mem::take(starts)).await?;
+                self.start(conn, starts).await?;
                 store::signal(conn, order_id, true, false).await?;
             }
             OrderEvent::Shipped { .. } => {
-                store::start_many(conn, &std::mem::take(starts)).await?;
+                self.start(conn, starts).await?;
                 store::signal(conn, order_id, false, true).await?;
             }
             OrderEvent::StockReserved { .. } | OrderEvent::Confirmed { .. } => {}

@@ -72,6 +72,9 @@ impl Projection for Twice {
         }
         Ok(())
     }
+    fn finished(&self, committed: bool) {
+        self.0.finished(committed)
+    }
 }
 
 /// One saga worker process.
@@ -139,19 +142,6 @@ impl Fulfilment {
             .await
             .expect("the saga process's pool");
         let (stop, stopped) = watch::channel(false);
-        let trigger: Arc<dyn Projection> = if self.options.twice {
-            Arc::new(Twice(FulfillmentTrigger))
-        } else {
-            Arc::new(FulfillmentTrigger)
-        };
-        let worker_config = WorkerConfig {
-            poll_interval: Duration::from_millis(50),
-            heartbeat_interval: Duration::from_millis(200),
-            ..WorkerConfig::default()
-        };
-        let trigger = Worker::register(pool.clone(), trigger, worker_config)
-            .await
-            .expect("trigger");
         let gateway = Arc::new(gateway(&self.options.gateway_url));
         let runner = match &self.options.crash_after {
             Some(crash) => Runner::with_crash_after(
@@ -168,6 +158,19 @@ impl Fulfilment {
                 self.options.config,
             ),
         };
+        let trigger: Arc<dyn Projection> = if self.options.twice {
+            Arc::new(Twice(FulfillmentTrigger::handing_to(runner.handoff())))
+        } else {
+            Arc::new(FulfillmentTrigger::handing_to(runner.handoff()))
+        };
+        let worker_config = WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            heartbeat_interval: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        };
+        let trigger = Worker::register(pool.clone(), trigger, worker_config)
+            .await
+            .expect("trigger");
         let (trigger_wakeup, runner_wakeup) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let tasks = vec![
             tokio::spawn(trigger.run(trigger_wakeup.clone(), stopped.clone())),

@@ -4,7 +4,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use infra::clock::SystemClock;
+use infra::event_store::StoredEvent;
+use infra::projection::{ApplyError, Decoded, Projection, Worker, WorkerConfig};
+use sqlx::PgConnection;
+use tokio::sync::{Notify, watch};
+use write_side::sagas::runner::{Runner, RunnerConfig};
+use write_side::sagas::trigger::FulfillmentTrigger;
 
 use domain::order::{CancelReason, OrderState};
 use reqwest::StatusCode;
@@ -13,8 +22,8 @@ use sqlx::PgPool;
 use write_side::sagas::order_fulfillment::Action;
 use write_side::sagas::runner::CrashAfter;
 
-use crate::fulfilment::{Fulfilment, ProcessOptions, runner_config, simulator_at};
-use crate::helpers::assert_problem;
+use crate::fulfilment::{Fulfilment, ProcessOptions, gateway, runner_config, simulator_at};
+use crate::helpers::{TestApp, assert_problem};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -704,4 +713,132 @@ async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline
         ["OrderPlaced", "OrderStockReserved", "OrderConfirmed"]
     );
     shop.stop().await;
+}
+
+/// Applies the trigger, then fails its first batch: the worker rolls it back and applies
+/// the events again.
+struct FailsFirstBatch {
+    trigger: FulfillmentTrigger,
+    failed: AtomicBool,
+}
+
+#[async_trait]
+impl Projection for FailsFirstBatch {
+    fn name(&self) -> &'static str {
+        self.trigger.name()
+    }
+    fn version(&self) -> i32 {
+        self.trigger.version()
+    }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        self.trigger.handles(stored)
+    }
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        self.trigger.apply(conn, events).await?;
+        if self.failed.swap(true, Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(ApplyError::Invalid(
+                "failing the first batch on purpose".into(),
+            ))
+        }
+    }
+    fn finished(&self, committed: bool) {
+        self.trigger.finished(committed)
+    }
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn the_trigger_hands_the_sagas_it_starts_to_its_runner_claimed_up_to_its_room(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.register("MUG", 10).await;
+    let orders = [
+        app.place("MUG").await,
+        app.place("MUG").await,
+        app.place("MUG").await,
+    ];
+    // A runner with room for two, not running yet, and its process's trigger.
+    let simulator = simulator_at(([127, 0, 0, 1], 0).into()).await;
+    let config = RunnerConfig {
+        concurrency: 2,
+        ..runner_config(Duration::from_secs(10))
+    };
+    let runner = Runner::new(
+        pool.clone(),
+        Arc::new(gateway(&simulator)),
+        Arc::new(SystemClock),
+        config,
+    );
+    let handoff = runner.handoff();
+    let trigger = Arc::new(FailsFirstBatch {
+        trigger: FulfillmentTrigger::handing_to(handoff.clone()),
+        failed: AtomicBool::new(false),
+    });
+    let worker_config = WorkerConfig {
+        poll_interval: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::register(pool.clone(), trigger, worker_config)
+        .await
+        .expect("trigger");
+    let (stop, stopped) = watch::channel(false);
+    let worker = tokio::spawn(worker.run(Arc::new(Notify::new()), stopped.clone()));
+    let deadline = Instant::now() + SETTLE;
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        let runner_id = handoff.runner().to_owned();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(runner_id)
+                .fetch_one(&pool)
+                .await
+                .expect("count sagas")
+        }
+    };
+    while count("SELECT count(*) FROM fulfillment_sagas WHERE $1 <> ''").await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the trigger did not start the sagas"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two started claimed by the runner and handed over (once: the rolled-back batch handed
+    // nothing), the third unclaimed, for any runner.
+    assert_eq!(
+        count("SELECT count(*) FROM fulfillment_sagas WHERE claimed_by = $1").await,
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM fulfillment_sagas WHERE claimed_by IS NULL AND $1 <> ''").await,
+        1
+    );
+    assert_eq!(handoff.waiting(), 2);
+    assert_eq!(handoff.room(), 0);
+    // The runner works the two it was given and claims the third.
+    let running = tokio::spawn(runner.run(Arc::new(Notify::new()), stopped));
+    while count("SELECT count(*) FROM fulfillment_sagas WHERE stage = 'confirmed' AND $1 <> ''")
+        .await
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the sagas did not all confirm");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handoff.room(), 2);
+    let _ = stop.send(true);
+    let _ = worker.await;
+    let _ = running.await;
+    for order in &orders {
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT event_type FROM events WHERE aggregate_type = 'order' AND aggregate_id = $1
+              ORDER BY sequence",
+        )
+        .bind(order)
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        assert_eq!(
+            events,
+            ["OrderPlaced", "OrderStockReserved", "OrderConfirmed"]
+        );
+    }
 }

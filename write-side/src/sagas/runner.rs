@@ -335,7 +335,22 @@ impl<G: PaymentGateway + 'static> Runner<G> {
                 _ = shutdown.changed() => {}
             }
         }
-        // Let the sagas in hand finish their current action and save.
+        // Let the sagas in hand finish their current action and save, and give back the
+        // claims on those handed over but not started.
+        let unstarted: Vec<uuid::Uuid> = self
+            .handoff
+            .take()
+            .iter()
+            .map(|claimed| claimed.saga.order_id.as_uuid())
+            .collect();
+        if !unstarted.is_empty() {
+            if let Err(err) = store::release_unstarted(&self.pool, &self.id, &unstarted).await {
+                tracing::warn!(error = %infra::telemetry::err_chain(&err), "could not release unstarted sagas; they wait for their leases");
+            }
+            for _ in &unstarted {
+                self.handoff.done();
+            }
+        }
         while tasks.join_next().await.is_some() {}
         tracing::info!(runner = %self.id, "saga runner stopped");
     }

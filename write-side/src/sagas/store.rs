@@ -102,6 +102,25 @@ pub async fn start_many(
     .map(|ids: Vec<Option<uuid::Uuid>>| ids.into_iter().flatten().collect())
 }
 
+/// Gives up `runner`'s claims on sagas it never started working on (handed over as it
+/// stopped), so another runner takes them now rather than when their leases end.
+pub async fn release_unstarted(
+    pool: &PgPool,
+    runner: &str,
+    order_ids: &[uuid::Uuid],
+) -> Result<u64, SagaStoreError> {
+    sqlx::query(
+        "UPDATE fulfillment_sagas SET claimed_by = NULL, claimed_until = NULL
+          WHERE order_id = ANY($2) AND claimed_by = $1",
+    )
+    .bind(runner)
+    .bind(order_ids)
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected())
+    .map_err(database("release"))
+}
+
 /// Records a signal and makes the saga due now.
 pub async fn signal(
     conn: &mut PgConnection,

@@ -42,6 +42,20 @@ impl FulfillmentTrigger {
         }
     }
 
+    /// A signal for a saga this batch started claimed: the runner gets it with the saga,
+    /// as a claim would have read it from the row.
+    fn signalled(&self, order_id: OrderId, cancel: bool, ship: bool) {
+        if let Some(claimed) = self
+            .started()
+            .iter_mut()
+            .find(|claimed| claimed.saga.order_id == order_id)
+        {
+            claimed.signals.cancel_requested |= cancel;
+            claimed.signals.ship_requested |= ship;
+            claimed.seen += 1;
+        }
+    }
+
     fn started(&self) -> std::sync::MutexGuard<'_, Vec<Claimed>> {
         self.started.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -159,10 +173,12 @@ impl FulfillmentTrigger {
             OrderEvent::Cancelled { .. } => {
                 self.start(conn, starts).await?;
                 store::signal(conn, order_id, true, false).await?;
+                self.signalled(order_id, true, false);
             }
             OrderEvent::Shipped { .. } => {
                 self.start(conn, starts).await?;
                 store::signal(conn, order_id, false, true).await?;
+                self.signalled(order_id, false, true);
             }
             OrderEvent::StockReserved { .. } | OrderEvent::Confirmed { .. } => {}
         }

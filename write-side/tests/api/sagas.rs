@@ -752,7 +752,7 @@ impl Projection for FailsFirstBatch {
 async fn the_trigger_hands_the_sagas_it_starts_to_its_runner_claimed_up_to_its_room(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     app.register("MUG", 10).await;
-    let orders = [
+    let mut orders = vec![
         app.place("MUG").await,
         app.place("MUG").await,
         app.place("MUG").await,
@@ -761,6 +761,7 @@ async fn the_trigger_hands_the_sagas_it_starts_to_its_runner_claimed_up_to_its_r
     let simulator = simulator_at(([127, 0, 0, 1], 0).into()).await;
     let config = RunnerConfig {
         concurrency: 2,
+        lease: Duration::from_secs(60),
         ..runner_config(Duration::from_secs(10))
     };
     let runner = Runner::new(
@@ -814,11 +815,32 @@ async fn the_trigger_hands_the_sagas_it_starts_to_its_runner_claimed_up_to_its_r
     );
     assert_eq!(handoff.waiting(), 2);
     assert_eq!(handoff.room(), 0);
-    // The runner works the two it was given and claims the third.
+    // A runner that stops gives back the claims on what it was handed and never started.
+    let (_, already_stopped) = watch::channel(true);
+    runner
+        .clone()
+        .run(Arc::new(Notify::new()), already_stopped)
+        .await;
+    assert_eq!(
+        count("SELECT count(*) FROM fulfillment_sagas WHERE claimed_by IS NULL AND $1 <> ''").await,
+        3
+    );
+    assert_eq!((handoff.waiting(), handoff.room()), (0, 2));
+    // A fourth order's saga is handed over, claimed for a minute (no claim can take it
+    // meanwhile): the runner works it from the hand-off and claims the other three.
+    orders.push(app.place("MUG").await);
+    while count("SELECT count(*) FROM fulfillment_sagas WHERE claimed_by = $1").await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the trigger did not start the fourth saga"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handoff.waiting(), 1);
     let running = tokio::spawn(runner.run(Arc::new(Notify::new()), stopped));
     while count("SELECT count(*) FROM fulfillment_sagas WHERE stage = 'confirmed' AND $1 <> ''")
         .await
-        < 3
+        < 4
     {
         assert!(Instant::now() < deadline, "the sagas did not all confirm");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -841,4 +863,32 @@ async fn the_trigger_hands_the_sagas_it_starts_to_its_runner_claimed_up_to_its_r
             ["OrderPlaced", "OrderStockReserved", "OrderConfirmed"]
         );
     }
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_saga_handed_over_with_its_cancel_in_the_same_batch_reserves_nothing(pool: PgPool) {
+    let mut shop = Fulfilment::start(pool, Duration::from_secs(10)).await;
+    shop.register("MUG", 5, 1250).await;
+    // Placed and cancelled while no saga worker runs: the trigger reads both in one batch,
+    // starts the saga claimed for its runner and signals it.
+    shop.kill().await;
+    let order = shop.place(&[("MUG", 2)], "tok_visa").await;
+    let response = shop
+        .app
+        .post_json(
+            &format!("/orders/{order}/cancel"),
+            &json!({"reason": "customer_request"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    shop.restart().await;
+    shop.wait_for_stage(&order, &["cancelled"], SETTLE).await;
+    // The runner got the cancel with the saga, as a claim would have read it: nothing was
+    // reserved or charged.
+    assert_eq!(
+        shop.events_of("inventory_item", "MUG").await,
+        ["InventoryItemRegistered"]
+    );
+    assert!(shop.ledger_kinds(&order).await.is_empty());
+    shop.stop().await;
 }

@@ -239,6 +239,22 @@ impl Fulfilment {
         body["order_id"].as_str().expect("order id").to_owned()
     }
 
+    /// Cancels an order as its customer.
+    pub async fn cancel(&self, order_id: &str) {
+        let response = self
+            .app
+            .post_json(
+                &format!("/orders/{order_id}/cancel"),
+                &json!({"reason": "customer_request"}),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::OK,
+            "cancelling {order_id}"
+        );
+    }
+
     pub async fn stage(&self, order_id: &str) -> Option<String> {
         sqlx::query_scalar("SELECT stage FROM fulfillment_sagas WHERE order_id = $1::uuid")
             .bind(order_id)

@@ -148,14 +148,7 @@ async fn a_customer_cancel_after_capture_refunds_and_releases(pool: PgPool) {
     shop.register("MUG", 5, 1250).await;
     let order = shop.place(&[("MUG", 2)], "tok_visa").await;
     shop.wait_for_stage(&order, &["confirmed"], SETTLE).await;
-    let response = shop
-        .app
-        .post_json(
-            &format!("/orders/{order}/cancel"),
-            &json!({"reason": "customer_request"}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    shop.cancel(&order).await;
     shop.wait_for_stage(&order, &["cancelled"], SETTLE).await;
     assert_eq!(
         shop.ledger_kinds(&order).await,
@@ -873,14 +866,7 @@ async fn a_saga_handed_over_with_its_cancel_in_the_same_batch_reserves_nothing(p
     // starts the saga claimed for its runner and signals it.
     shop.kill().await;
     let order = shop.place(&[("MUG", 2)], "tok_visa").await;
-    let response = shop
-        .app
-        .post_json(
-            &format!("/orders/{order}/cancel"),
-            &json!({"reason": "customer_request"}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    shop.cancel(&order).await;
     shop.restart().await;
     shop.wait_for_stage(&order, &["cancelled"], SETTLE).await;
     // The runner got the cancel with the saga, as a claim would have read it: nothing was

@@ -867,6 +867,26 @@ async fn a_saga_handed_over_with_its_cancel_in_the_same_batch_reserves_nothing(p
     shop.kill().await;
     let order = shop.place(&[("MUG", 2)], "tok_visa").await;
     shop.cancel(&order).await;
+    // Both settled (below every running transaction of the cluster), so one batch has both.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let settled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'order' AND aggregate_id = $1
+                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .bind(&order)
+        .fetch_one(&shop.app.pool)
+        .await
+        .expect("settled events");
+        if settled == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order's events did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     shop.restart().await;
     shop.wait_for_stage(&order, &["cancelled"], SETTLE).await;
     // The runner got the cancel with the saga, as a claim would have read it: nothing was

@@ -91,6 +91,9 @@ impl FulfillmentTrigger {
     }
 }
 
+/// The events that start or signal sagas.
+const READS: [&str; 3] = ["OrderPlaced", "OrderCancelled", "OrderShipped"];
+
 #[async_trait]
 impl Projection for FulfillmentTrigger {
     fn name(&self) -> &'static str {
@@ -102,11 +105,12 @@ impl Projection for FulfillmentTrigger {
     }
 
     fn handles(&self, stored: &StoredEvent) -> bool {
-        stored.aggregate_type == Order::TYPE
-            && matches!(
-                stored.event_type.as_str(),
-                "OrderPlaced" | "OrderCancelled" | "OrderShipped"
-            )
+        stored.aggregate_type == Order::TYPE && READS.contains(&stored.event_type.as_str())
+    }
+
+    /// The log is read without the payloads of every other event (most of them).
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&READS)
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {

@@ -76,7 +76,7 @@ enum ProjectionsCommand {
         /// The projection to rebuild.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
-        /// Rebuild every read model, one after the other.
+        /// Rebuild every read model, in one pass over the log.
         #[arg(long)]
         all: bool,
         /// Build into scratch tables and print what would change; swap nothing.
@@ -234,7 +234,8 @@ pub async fn main() -> ExitCode {
 
 async fn connect(url: &str) -> Result<PgPool, Failure> {
     PgPoolOptions::new()
-        .max_connections(4)
+        // A rebuild of all four: a transaction per projection and one reading ahead.
+        .max_connections(8)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await
@@ -363,50 +364,73 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
                 batch_size,
                 keep_old,
             };
-            let mut reports = Vec::new();
-            for target in targets {
-                let bar = indicatif::ProgressBar::new(0);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{prefix:>16} [{bar:30}] {pos}/{len} events  {per_sec}  eta {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(target.name());
-                let report = rebuild::rebuild(
-                    pool,
-                    target.as_ref(),
-                    mode,
-                    options,
-                    |done, total| {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    },
-                    &stop,
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>16} [{bar:30}] {pos}/{len} events  {per_sec}  eta {eta}",
                 )
-                .await;
-                bar.finish_and_clear();
-                let report = report?;
-                eprintln!(
-                    "{}: {} events built in {:.2} s ({:.0} events/s), verified in {:.2} s, {:.2} s in all{}{}",
-                    report.projection,
-                    report.events_read,
-                    report.build_seconds,
-                    report.events_per_second,
-                    report.verify_seconds,
-                    report.seconds,
-                    if report.resumed { ", resumed" } else { "" },
-                    if report.swapped {
-                        ", swapped in"
-                    } else {
-                        ", nothing swapped (dry run)"
-                    },
-                );
-                reports.push(report);
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(if all {
+                "all".to_owned()
+            } else {
+                targets
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            let borrowed: Vec<&dyn Projection> = targets.iter().map(|t| t.as_ref()).collect();
+            let results = rebuild::rebuild_many(
+                pool,
+                &borrowed,
+                mode,
+                options,
+                |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+                &stop,
+            )
+            .await;
+            bar.finish_and_clear();
+            let mut reports = Vec::new();
+            let mut failures = Vec::new();
+            for (target, result) in targets.iter().zip(results) {
+                match result {
+                    Ok(report) => {
+                        eprintln!(
+                            "{}: {} events built in {:.2} s ({:.0} events/s), verified in {:.2} s, {:.2} s in all{}{}",
+                            report.projection,
+                            report.events_read,
+                            report.build_seconds,
+                            report.events_per_second,
+                            report.verify_seconds,
+                            report.seconds,
+                            if report.resumed { ", resumed" } else { "" },
+                            if report.swapped {
+                                ", swapped in"
+                            } else {
+                                ", nothing swapped (dry run)"
+                            },
+                        );
+                        reports.push(report);
+                    }
+                    Err(err) => {
+                        if targets.len() > 1 {
+                            eprintln!("{}: {}", target.name(), infra::telemetry::err_chain(&err));
+                        }
+                        failures.push(err);
+                    }
+                }
             }
+            // What was rebuilt is reported; the first failure decides the exit code (the
+            // others were printed above).
+            let failed = failures.into_iter().next();
             if json.json {
-                return print_json(&reports);
+                print_json(&reports)?;
+                return failed.map_or(Ok(()), |err| Err(err.into()));
             }
             let rows: Vec<Vec<String>> = reports
                 .iter()
@@ -422,11 +446,13 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
                     })
                 })
                 .collect();
-            print_table(
-                &["projection", "table", "added", "removed", "changed"],
-                &rows,
-            );
-            Ok(())
+            if !rows.is_empty() {
+                print_table(
+                    &["projection", "table", "added", "removed", "changed"],
+                    &rows,
+                );
+            }
+            failed.map_or(Ok(()), |err| Err(err.into()))
         }
         ProjectionsCommand::Pause { name } => {
             admin::pause(pool, &name).await?;

@@ -17,10 +17,11 @@
 //!
 //! A rebuild only writes read-model tables: it never issues commands or publishes anything.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use infra::event_store::{Checkpoint, StoreError, log};
+use infra::event_store::{Checkpoint, StoreError, StoredEvent, log};
 use infra::projection::events::decode;
 use infra::projection::{ApplyError, Decoded, Projection, Table};
 use serde::Serialize;
@@ -105,6 +106,11 @@ pub enum RebuildError {
     ReadLog(#[source] StoreError),
     #[error("the task reading the log ahead failed")]
     ReadAhead(#[source] tokio::task::JoinError),
+    /// The pass over the log that several projections shared failed (each gets this).
+    #[error("the pass over the log failed")]
+    Pass(#[source] Arc<RebuildError>),
+    #[error("the rebuild stopped before this projection was finished")]
+    NotFinished,
 }
 
 fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> RebuildError {
@@ -162,7 +168,7 @@ pub async fn apply_batch(
 /// the transaction that applies them.
 async fn read_batch<'c>(
     executor: impl sqlx::PgExecutor<'c>,
-    types: Option<&'static [&'static str]>,
+    types: Option<&[&str]>,
     checkpoint: Checkpoint,
     limit: u32,
 ) -> Result<Vec<infra::event_store::StoredEvent>, RebuildError> {
@@ -215,12 +221,12 @@ async fn apply_events(
 /// next batch is read (and its rows decoded) while this one is applied.
 fn read_ahead(
     pool: &PgPool,
-    types: Option<&'static [&'static str]>,
+    types: Option<Arc<[&'static str]>>,
     checkpoint: Checkpoint,
     limit: u32,
 ) -> tokio::task::JoinHandle<Result<Vec<infra::event_store::StoredEvent>, RebuildError>> {
     let pool = pool.clone();
-    tokio::spawn(async move { read_batch(&pool, types, checkpoint, limit).await })
+    tokio::spawn(async move { read_batch(&pool, types.as_deref(), checkpoint, limit).await })
 }
 
 /// Rows added, removed and changed in `schema`'s copy of each table, against live.
@@ -288,29 +294,110 @@ pub async fn rebuild(
     projection: &dyn Projection,
     mode: Mode,
     options: Options,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
     stop: &AtomicBool,
 ) -> Result<Report, RebuildError> {
+    rebuild_many(pool, &[projection], mode, options, progress, stop)
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(RebuildError::NotRebuildable(projection.name().to_owned())))
+}
+
+/// One projection's part in a rebuild pass.
+struct Target<'p> {
+    projection: &'p dyn Projection,
+    schema: String,
+    /// The last event in its shadow tables.
+    checkpoint: Checkpoint,
+    resumed: bool,
+    /// Events this run applied (or skipped as not its own) for it.
+    events_read: u64,
+}
+
+/// What one batch of the pass holds for one target.
+#[derive(Default)]
+struct Part {
+    /// Events after the target's checkpoint, whether it handles them or not.
+    read: usize,
+    last: Option<Checkpoint>,
+    decoded: Vec<Decoded>,
+    poison: Option<RebuildError>,
+}
+
+/// Rebuilds (or builds and compares) several projections in **one pass over the log**: each
+/// batch is read once (with the payloads any of them consumes) and applied to every
+/// projection's shadow tables concurrently, each in its own transaction with its own
+/// checkpoint, so each resumes, fails and swaps on its own. Verification and swaps run
+/// concurrently too. Returns one result per projection, in order: one that fails (an event
+/// it cannot apply) stops alone, the others go on. `progress` is called after each batch
+/// with the events the pass has read and the log's size; `stop` interrupts between batches.
+pub async fn rebuild_many(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    mode: Mode,
+    options: Options,
+    mut progress: impl FnMut(u64, u64),
+    stop: &AtomicBool,
+) -> Vec<Result<Report, RebuildError>> {
+    let started = Instant::now();
+    let mut results: Vec<Option<Result<Report, RebuildError>>> =
+        projections.iter().map(|_| None).collect();
+    // (index in `projections`, its part in the pass)
+    let mut active: Vec<(usize, Target<'_>)> = Vec::new();
+    for (index, projection) in projections.iter().enumerate() {
+        match prepare(pool, *projection, mode).await {
+            Ok(target) => active.push((index, target)),
+            Err(err) => results[index] = Some(Err(err)),
+        }
+    }
+
+    let pass = build(pool, &mut active, mode, options, &mut progress, stop).await;
+    let build_seconds = started.elapsed().as_secs_f64();
+    for (index, outcome) in pass {
+        results[index] = Some(Err(outcome));
+    }
+    let finishing = active
+        .iter()
+        .filter(|(index, _)| results[*index].is_none())
+        .map(|(index, target)| async move {
+            (
+                *index,
+                finish(pool, target, mode, options, started, build_seconds).await,
+            )
+        });
+    for (index, report) in futures::future::join_all(finishing).await {
+        results[index] = Some(report);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(RebuildError::NotFinished)))
+        .collect()
+}
+
+/// Registers the projection and its rebuild, and makes its shadow tables: a rebuild of the
+/// same version resumes; anything else starts over.
+async fn prepare<'p>(
+    pool: &PgPool,
+    projection: &'p dyn Projection,
+    mode: Mode,
+) -> Result<Target<'p>, RebuildError> {
     let name = projection.name();
     let tables = projection.tables();
     if tables.is_empty() {
         return Err(RebuildError::NotRebuildable(name.to_owned()));
     }
     let version = projection.version();
-    let started = Instant::now();
+    let mut conn = pool.acquire().await.map_err(database("connect"))?;
     sqlx::query("INSERT INTO projection_state (name, version) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
         .bind(name)
         .bind(version)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .map_err(database("register the projection"))?;
     let schema = match mode {
         Mode::Swap => format!("rebuild_{name}"),
         Mode::DryRun => format!("scratch_{name}"),
     };
-    let mut conn = pool.acquire().await.map_err(database("connect"))?;
-
-    // Where to start: a rebuild of the same version resumes; anything else starts over.
     let mut checkpoint = Checkpoint::START;
     let mut resumed = false;
     match mode {
@@ -365,140 +452,308 @@ pub async fn rebuild(
     create_shadow(&mut conn, &schema, tables)
         .await
         .map_err(database("create the shadow tables"))?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(database("count events"))?;
-    let total = u64::try_from(total).unwrap_or(0);
-    let mut events_read: u64 = if resumed {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE (transaction_id, position) <= ($1::text::xid8, $2)",
-        )
-        .bind(checkpoint.transaction_id.to_string())
-        .bind(checkpoint.position)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(database("count events done"))?;
-        u64::try_from(done).unwrap_or(0)
-    } else {
-        0
-    };
-    let already_read = events_read;
-    progress(events_read, total);
+    Ok(Target {
+        projection,
+        schema,
+        checkpoint,
+        resumed,
+        events_read: 0,
+    })
+}
 
-    // Build, batch by batch, until the shadow has every settled event. The next batch is
-    // read while this one is applied (the read uses another connection; settled events
-    // never change), so reading and decoding overlap with the writes.
+/// The event types to read payloads for: those any target consumes (all when one of them
+/// cannot list its own).
+fn payload_types(active: &[(usize, Target<'_>)]) -> Option<Arc<[&'static str]>> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for (_, target) in active {
+        for event_type in target.projection.event_types()? {
+            if !types.contains(event_type) {
+                types.push(event_type);
+            }
+        }
+    }
+    Some(types.into())
+}
+
+/// One error for each of `n` targets: itself for one, shared for several.
+fn for_each_target(err: RebuildError, n: usize) -> Vec<RebuildError> {
+    if n == 1 {
+        return vec![err];
+    }
+    let shared = Arc::new(err);
+    (0..n).map(|_| RebuildError::Pass(shared.clone())).collect()
+}
+
+/// The pass: batch by batch until every target's shadow has every settled event. The next
+/// batch is read while this one is applied (the read uses another connection; settled
+/// events never change), so reading and decoding overlap with the writes. Returns the
+/// targets that stopped, with why; the others are built.
+async fn build(
+    pool: &PgPool,
+    active: &mut Vec<(usize, Target<'_>)>,
+    mode: Mode,
+    options: Options,
+    progress: &mut impl FnMut(u64, u64),
+    stop: &AtomicBool,
+) -> Vec<(usize, RebuildError)> {
+    let mut stopped = Vec::new();
+    let Some(start) = active.iter().map(|(_, t)| t.checkpoint).min() else {
+        return stopped;
+    };
+    let counts = async {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await?;
+        let before: i64 = if start == Checkpoint::START {
+            0
+        } else {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE (transaction_id, position) <= ($1::text::xid8, $2)",
+            )
+            .bind(start.transaction_id.to_string())
+            .bind(start.position)
+            .fetch_one(pool)
+            .await?
+        };
+        Ok::<_, sqlx::Error>((total, before))
+    };
+    let (total, mut passed) = match counts.await {
+        Ok((total, before)) => (
+            u64::try_from(total).unwrap_or(0),
+            u64::try_from(before).unwrap_or(0),
+        ),
+        Err(err) => {
+            let errors = for_each_target(database("count events")(err), active.len());
+            return active.iter().map(|(i, _)| *i).zip(errors).collect();
+        }
+    };
+    progress(passed, total.max(passed));
+
+    let types = payload_types(active);
+    let mut checkpoint = start;
     let mut idle_since: Option<Instant> = None;
-    let types = projection.event_types();
-    let mut ahead = read_ahead(pool, types, checkpoint, options.batch_size);
-    loop {
+    let mut ahead = read_ahead(pool, types.clone(), checkpoint, options.batch_size);
+    while !active.is_empty() {
         if stop.load(Ordering::SeqCst) {
             ahead.abort();
-            return Err(RebuildError::Interrupted {
-                events_read: events_read - already_read,
-            });
+            for (index, target) in active.drain(..) {
+                stopped.push((
+                    index,
+                    RebuildError::Interrupted {
+                        events_read: target.events_read,
+                    },
+                ));
+            }
+            break;
         }
-        let events = (&mut ahead).await.map_err(RebuildError::ReadAhead)??;
-        if let Some(last) = events.last() {
-            ahead = read_ahead(pool, types, last.checkpoint(), options.batch_size);
-        }
-        let mut tx = pool.begin().await.map_err(database("begin"))?;
-        let batch = async {
-            set_search_path(&mut tx, &schema)
-                .await
-                .map_err(database("select the shadow tables"))?;
-            apply_events(&mut tx, projection, checkpoint, events).await
-        }
-        .await;
-        let (read, next) = match batch {
-            Ok(batch) => batch,
+        let events = match (&mut ahead).await {
+            Ok(Ok(events)) => events,
+            Ok(Err(err)) => {
+                let errors = for_each_target(err, active.len());
+                stopped.extend(active.drain(..).map(|(i, _)| i).zip(errors));
+                break;
+            }
             Err(err) => {
-                ahead.abort();
-                let _ = tx.rollback().await;
-                return Err(err);
+                let errors = for_each_target(RebuildError::ReadAhead(err), active.len());
+                stopped.extend(active.drain(..).map(|(i, _)| i).zip(errors));
+                break;
             }
         };
-        if read == 0 {
-            tx.rollback().await.map_err(database("roll back"))?;
+        let Some(last) = events.last().map(|e| e.checkpoint()) else {
             // Nothing settled is left; wait briefly for transactions still open elsewhere.
-            if !events_after(pool, checkpoint)
-                .await
-                .map_err(database("look at the log"))?
-            {
-                break;
+            match events_after(pool, checkpoint).await {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(err) => {
+                    let errors = for_each_target(database("look at the log")(err), active.len());
+                    stopped.extend(active.drain(..).map(|(i, _)| i).zip(errors));
+                    break;
+                }
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_secs(5) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            ahead = read_ahead(pool, types, checkpoint, options.batch_size);
+            ahead = read_ahead(pool, types.clone(), checkpoint, options.batch_size);
             continue;
-        }
+        };
         idle_since = None;
+        ahead = read_ahead(pool, types.clone(), last, options.batch_size);
+        let read = events.len();
+        let parts = distribute(events, active);
+        let applying = active
+            .iter_mut()
+            .zip(parts)
+            .map(|((_, target), part)| apply_part(pool, target, part, mode));
+        let outcomes = futures::future::join_all(applying).await;
+        let mut still = Vec::with_capacity(active.len());
+        for ((index, target), outcome) in active.drain(..).zip(outcomes) {
+            match outcome {
+                Ok(()) => still.push((index, target)),
+                Err(err) => stopped.push((index, err)),
+            }
+        }
+        *active = still;
+        checkpoint = last;
+        passed += read as u64;
+        progress(passed, total.max(passed));
+    }
+    ahead.abort();
+    stopped
+}
+
+/// Splits a batch between the targets: each gets the events after its own checkpoint,
+/// decoded where it handles them. An event is decoded once and moved to the last target
+/// that handles it (cloned for the others).
+fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target<'_>)]) -> Vec<Part> {
+    let mut parts: Vec<Part> = active.iter().map(|_| Part::default()).collect();
+    let mut handlers: Vec<usize> = Vec::with_capacity(active.len());
+    for stored in events {
+        let at = stored.checkpoint();
+        handlers.clear();
+        for (i, (_, target)) in active.iter().enumerate() {
+            if at <= target.checkpoint {
+                continue;
+            }
+            let part = &mut parts[i];
+            part.read += 1;
+            part.last = Some(at);
+            if part.poison.is_none() && target.projection.handles(&stored) {
+                handlers.push(i);
+            }
+        }
+        let Some((&last, others)) = handlers.split_last() else {
+            continue;
+        };
+        match decode(&stored) {
+            Ok(event) => {
+                for &i in others {
+                    parts[i].decoded.push(Decoded {
+                        stored: stored.clone(),
+                        event: event.clone(),
+                    });
+                }
+                parts[last].decoded.push(Decoded { stored, event });
+            }
+            Err(_) => {
+                for &i in &handlers {
+                    parts[i].poison = decode(&stored).err().map(|err| RebuildError::Poison {
+                        event_id: stored.event_id,
+                        position: stored.position,
+                        source: ApplyError::Decode(err),
+                    });
+                }
+            }
+        }
+    }
+    parts
+}
+
+/// Applies one target's part of a batch to its shadow tables, with its checkpoint, in a
+/// transaction of its own.
+async fn apply_part(
+    pool: &PgPool,
+    target: &mut Target<'_>,
+    part: Part,
+    mode: Mode,
+) -> Result<(), RebuildError> {
+    if let Some(poison) = part.poison {
+        return Err(poison);
+    }
+    let Some(next) = part.last else {
+        return Ok(());
+    };
+    let mut tx = pool.begin().await.map_err(database("begin"))?;
+    let projection = target.projection;
+    let applied = async {
+        set_search_path(&mut tx, &target.schema)
+            .await
+            .map_err(database("select the shadow tables"))?;
+        if let Some(first) = part
+            .decoded
+            .first()
+            .map(|d| (d.stored.event_id, d.stored.position))
+            && let Err(err) = projection.apply(&mut tx, &part.decoded).await
+        {
+            return Err(RebuildError::Poison {
+                event_id: first.0,
+                position: first.1,
+                source: err,
+            });
+        }
         if mode == Mode::Swap {
-            let moved = sqlx::query(
+            sqlx::query(
                 "UPDATE projection_rebuilds
                     SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3,
                         events_applied = events_applied + $4, updated_at = now()
                   WHERE name = $1",
             )
-            .bind(name)
+            .bind(projection.name())
             .bind(next.transaction_id.to_string())
             .bind(next.position)
-            .bind(read as i64)
+            .bind(part.read as i64)
             .execute(&mut *tx)
             .await
-            .map_err(database("move the rebuild's checkpoint"));
-            if let Err(err) = moved {
-                let _ = tx.rollback().await;
-                return Err(err);
-            }
+            .map_err(database("move the rebuild's checkpoint"))?;
         }
-        tx.commit().await.map_err(database("commit a batch"))?;
-        checkpoint = next;
-        events_read += read as u64;
-        progress(events_read, total.max(events_read));
+        Ok(())
     }
+    .await;
+    if let Err(err) = applied {
+        let _ = tx.rollback().await;
+        return Err(err);
+    }
+    tx.commit().await.map_err(database("commit a batch"))?;
+    target.checkpoint = next;
+    target.events_read += part.read as u64;
+    Ok(())
+}
 
-    let build_seconds = started.elapsed().as_secs_f64();
-    // Verify: how the new build differs from what readers see now.
-    let diff = diff(&mut conn, &schema, tables)
-        .await
-        .map_err(database("compare with live"))?;
-    let verify_seconds = started.elapsed().as_secs_f64() - build_seconds;
-    let mut report = Report {
-        projection: name.to_owned(),
-        version,
-        events_read: events_read - already_read,
-        resumed,
-        seconds: 0.0,
-        build_seconds,
-        verify_seconds,
-        events_per_second: 0.0,
-        diff,
-        swapped: false,
+/// Verifies a built target against live, then swaps it in (or drops the scratch tables).
+async fn finish(
+    pool: &PgPool,
+    target: &Target<'_>,
+    mode: Mode,
+    options: Options,
+    started: Instant,
+    build_seconds: f64,
+) -> Result<Report, RebuildError> {
+    let projection = target.projection;
+    let verifying = Instant::now();
+    let diff = {
+        let mut conn = pool.acquire().await.map_err(database("connect"))?;
+        diff(&mut conn, &target.schema, projection.tables())
+            .await
+            .map_err(database("compare with live"))?
     };
+    let verify_seconds = verifying.elapsed().as_secs_f64();
     match mode {
         Mode::DryRun => {
-            drop_schema(&mut conn, &schema)
+            let mut conn = pool.acquire().await.map_err(database("connect"))?;
+            drop_schema(&mut conn, &target.schema)
                 .await
                 .map_err(database("drop the scratch tables"))?;
         }
-        Mode::Swap => {
-            swap(pool, projection, &schema, checkpoint, options).await?;
-            report.swapped = true;
-        }
+        Mode::Swap => swap(pool, projection, &target.schema, target.checkpoint, options).await?,
     }
     let seconds = started.elapsed().as_secs_f64();
-    report.seconds = seconds;
-    report.events_per_second = if seconds > 0.0 {
-        report.events_read as f64 / seconds
-    } else {
-        0.0
-    };
-    Ok(report)
+    Ok(Report {
+        projection: projection.name().to_owned(),
+        version: projection.version(),
+        events_read: target.events_read,
+        resumed: target.resumed,
+        seconds,
+        build_seconds,
+        verify_seconds,
+        events_per_second: if seconds > 0.0 {
+            target.events_read as f64 / seconds
+        } else {
+            0.0
+        },
+        diff,
+        swapped: mode == Mode::Swap,
+    })
 }
 
 /// Swaps the shadow tables in, in one transaction, after applying the last events.

@@ -122,21 +122,19 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
             reads
         })
     };
-    for projection in projections::all() {
-        let small = Options {
-            batch_size: 7,
-            keep_old: false,
-        };
-        let report = rebuild::rebuild(
-            &pool,
-            projection.as_ref(),
-            Mode::Swap,
-            small,
-            |_, _| {},
-            &never(),
-        )
-        .await
-        .unwrap();
+    // One pass over the log for all four (as `ordo projections rebuild --all`), swapped in
+    // concurrently.
+    let small = Options {
+        batch_size: 7,
+        keep_old: false,
+    };
+    let all = projections::all();
+    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
+    let reports =
+        rebuild::rebuild_many(&pool, &targets, Mode::Swap, small, |_, _| {}, &never()).await;
+    assert_eq!(reports.len(), 4);
+    for report in reports {
+        let report = report.unwrap();
         assert!(report.swapped);
         assert!(report.events_read > 0);
     }
@@ -475,6 +473,138 @@ async fn a_rebuild_stops_on_an_event_it_cannot_apply_and_swaps_nothing(pool: PgP
         .await
         .unwrap();
     assert_eq!(skus, ["GOOD"]);
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn in_a_pass_over_all_projections_one_that_cannot_apply_an_event_stops_alone(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let inventory_before = rows(&pool, "inventory_v1").await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload)
+         VALUES ('inventory_item', 'BAD', 1, 'InventoryItemRegistered', '1.0', '{\"Registered\": {}}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let all = projections::all();
+    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
+    let reports = rebuild::rebuild_many(
+        &pool,
+        &targets,
+        Mode::Swap,
+        Options::default(),
+        |_, _| {},
+        &never(),
+    )
+    .await;
+    for (projection, report) in all.iter().zip(reports) {
+        if projection.name() == "inventory" {
+            let err = report.unwrap_err();
+            assert!(matches!(err, RebuildError::Poison { .. }), "{err}");
+        } else {
+            let report = report.unwrap();
+            assert!(report.swapped, "{}", projection.name());
+            assert_eq!(report.events_read as i64, rows_in_log(&pool).await);
+        }
+    }
+    assert_eq!(
+        rows(&pool, "inventory_v1").await,
+        inventory_before,
+        "live inventory untouched"
+    );
+    let unfinished: Vec<String> = sqlx::query_scalar("SELECT name FROM projection_rebuilds")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        unfinished,
+        ["inventory"],
+        "the others finished their rebuilds"
+    );
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let live_before = rows(&pool, "order_details_v1").await;
+    let in_log = rows_in_log(&pool).await;
+    let small = Options {
+        batch_size: 5,
+        keep_old: false,
+    };
+    // order_details alone gets 5 events ahead...
+    let stop = AtomicBool::new(false);
+    let err = rebuild::rebuild(
+        &pool,
+        &projections::order_details::OrderDetailsProjection,
+        Mode::Swap,
+        small,
+        |done, _| {
+            if done > 0 {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+        &stop,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RebuildError::Interrupted { events_read: 5 }));
+    // ...then a pass over all four is interrupted after two batches: the first 10 events,
+    // of which order_details had 5.
+    let all = projections::all();
+    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
+    let stop = AtomicBool::new(false);
+    let interrupted = rebuild::rebuild_many(
+        &pool,
+        &targets,
+        Mode::Swap,
+        small,
+        |done, _| {
+            if done >= 10 {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+        &stop,
+    )
+    .await;
+    for (projection, result) in all.iter().zip(interrupted) {
+        let expected = if projection.name() == "order_details" {
+            5
+        } else {
+            10
+        };
+        match result {
+            Err(RebuildError::Interrupted { events_read }) => {
+                assert_eq!(events_read, expected, "{}", projection.name())
+            }
+            other => panic!("{}: {other:?}", projection.name()),
+        }
+    }
+    // The next pass resumes every one where it stopped.
+    let reports =
+        rebuild::rebuild_many(&pool, &targets, Mode::Swap, small, |_, _| {}, &never()).await;
+    for report in reports {
+        let report = report.unwrap();
+        assert!(report.resumed, "{}", report.projection);
+        assert!(report.swapped, "{}", report.projection);
+        assert_eq!(
+            report.events_read as i64,
+            in_log - 10,
+            "{}",
+            report.projection
+        );
+        assert!(
+            report
+                .diff
+                .iter()
+                .all(|d| (d.added, d.removed, d.changed) == (0, 0, 0)),
+            "{report:?}"
+        );
+    }
+    assert_eq!(rows(&pool, "order_details_v1").await, live_before);
+    assert_live_equals_a_fresh_build(&pool).await;
 }
 
 /// The `ordo` binary on this test's database.

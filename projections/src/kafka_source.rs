@@ -97,7 +97,10 @@ impl InboxHandler for KafkaFed {
             // policy and its dead letters belong to the log-fed projector.
             let event =
                 decode(&stored).map_err(|err| rejected(envelope, &ApplyError::Decode(err)))?;
-            decoded.push(Decoded { stored, event });
+            decoded.push(Decoded {
+                stored: std::sync::Arc::new(stored),
+                event,
+            });
         }
         if decoded.is_empty() {
             return Ok(());

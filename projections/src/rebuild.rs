@@ -202,7 +202,10 @@ async fn apply_events(
             position: stored.position,
             source: ApplyError::Decode(err),
         })?;
-        decoded.push(Decoded { stored, event });
+        decoded.push(Decoded {
+            stored: Arc::new(stored),
+            event,
+        });
     }
     if !decoded.is_empty()
         && let Err(err) = projection.apply(conn, &decoded).await
@@ -229,7 +232,10 @@ fn read_ahead(
     tokio::spawn(async move { read_batch(&pool, types.as_deref(), checkpoint, limit).await })
 }
 
-/// Rows added, removed and changed in `schema`'s copy of each table, against live.
+/// Rows added, removed and changed in `schema`'s copy of each table, against live: the two
+/// joined on the table's key (a hash join on the key's own types) and compared column by
+/// column (`IS DISTINCT FROM`, so a NULL equals a NULL). Both copies have the same columns:
+/// the shadow is made `LIKE` the live table.
 pub async fn diff(
     conn: &mut PgConnection,
     schema: &str,
@@ -237,20 +243,18 @@ pub async fn diff(
 ) -> Result<Vec<TableDiff>, sqlx::Error> {
     let mut diffs = Vec::new();
     for table in tables {
-        let key = table
+        let on = table
             .key
             .iter()
-            .map(|c| format!("t.{}", quoted(c)))
+            .map(|c| format!("s.{c} = l.{c}", c = quoted(c)))
             .collect::<Vec<_>>()
-            .join(", ");
+            .join(" AND ");
         let sql = format!(
-            "WITH shadow AS (SELECT ({key})::text AS k, md5(t::text) AS r FROM {schema}.{name} t),
-                  live AS (SELECT ({key})::text AS k, md5(t::text) AS r FROM public.{name} t)
-             SELECT count(*) FILTER (WHERE live.k IS NULL) AS added,
-                    count(*) FILTER (WHERE shadow.k IS NULL) AS removed,
-                    count(*) FILTER (WHERE shadow.k IS NOT NULL AND live.k IS NOT NULL
-                                       AND shadow.r <> live.r) AS changed
-               FROM shadow FULL JOIN live ON shadow.k = live.k",
+            "SELECT count(*) FILTER (WHERE l.ctid IS NULL) AS added,
+                    count(*) FILTER (WHERE s.ctid IS NULL) AS removed,
+                    count(*) FILTER (WHERE s.ctid IS NOT NULL AND l.ctid IS NOT NULL
+                                       AND ROW(s.*) IS DISTINCT FROM ROW(l.*)) AS changed
+               FROM {schema}.{name} s FULL JOIN public.{name} l ON {on}",
             schema = quoted(schema),
             name = quoted(table.name),
         );
@@ -604,8 +608,8 @@ async fn build(
 }
 
 /// Splits a batch between the targets: each gets the events after its own checkpoint,
-/// decoded where it handles them. An event is decoded once and moved to the last target
-/// that handles it (cloned for the others).
+/// decoded where it handles them. An event is decoded once; the targets that handle it share it
+/// (the decoded form is cloned for all but the last).
 fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target<'_>)]) -> Vec<Part> {
     let mut parts: Vec<Part> = active.iter().map(|_| Part::default()).collect();
     let mut handlers: Vec<usize> = Vec::with_capacity(active.len());
@@ -626,11 +630,12 @@ fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target<'_>)]) -> Vec<P
         let Some((&last, others)) = handlers.split_last() else {
             continue;
         };
+        let stored = Arc::new(stored);
         match decode(&stored) {
             Ok(event) => {
                 for &i in others {
                     parts[i].decoded.push(Decoded {
-                        stored: stored.clone(),
+                        stored: Arc::clone(&stored),
                         event: event.clone(),
                     });
                 }
@@ -667,9 +672,17 @@ async fn apply_part(
     let mut tx = pool.begin().await.map_err(database("begin"))?;
     let projection = target.projection;
     let applied = async {
-        set_search_path(&mut tx, &target.schema)
-            .await
-            .map_err(database("select the shadow tables"))?;
+        // The shadow tables, and no wait for the WAL flush at commit: a batch lost in a
+        // crash of PostgreSQL loses its rows and its checkpoint together (they commit in one
+        // transaction), and the rebuild resumes from the checkpoint before it. The swap
+        // commits durably as usual.
+        sqlx::query(
+            "SELECT set_config('search_path', $1, true), set_config('synchronous_commit', 'off', true)",
+        )
+        .bind(format!("{}, public", quoted(&target.schema)))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("select the shadow tables"))?;
         if let Some(first) = part
             .decoded
             .first()

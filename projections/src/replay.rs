@@ -164,7 +164,7 @@ pub async fn projection(
                 source,
             })?;
             decoded.push(Decoded {
-                stored: stored.clone(),
+                stored: std::sync::Arc::new(stored.clone()),
                 event,
             });
         }

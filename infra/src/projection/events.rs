@@ -5,6 +5,7 @@ use cqrs_es::Aggregate;
 use domain::inventory::{InventoryEvent, InventoryItem};
 use domain::order::{Order, OrderEvent};
 use domain::payment::{Payment, PaymentEvent};
+use serde::Deserialize;
 
 /// An event of any aggregate this system knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,11 +20,14 @@ pub enum DomainEvent {
 /// Decodes the payload. A failure means the event cannot be read by this version of the code:
 /// a poison event for every projection that needs it.
 pub fn decode(event: &StoredEvent) -> Result<DomainEvent, serde_json::Error> {
-    let payload = event.payload.clone();
+    // Deserialized from the borrowed payload: no copy of the JSON tree.
+    let payload = &event.payload;
     Ok(match event.aggregate_type.as_str() {
-        t if t == Order::TYPE => DomainEvent::Order(serde_json::from_value(payload)?),
-        t if t == InventoryItem::TYPE => DomainEvent::Inventory(serde_json::from_value(payload)?),
-        t if t == Payment::TYPE => DomainEvent::Payment(serde_json::from_value(payload)?),
+        t if t == Order::TYPE => DomainEvent::Order(OrderEvent::deserialize(payload)?),
+        t if t == InventoryItem::TYPE => {
+            DomainEvent::Inventory(InventoryEvent::deserialize(payload)?)
+        }
+        t if t == Payment::TYPE => DomainEvent::Payment(PaymentEvent::deserialize(payload)?),
         _ => DomainEvent::Unknown,
     })
 }

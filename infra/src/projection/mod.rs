@@ -104,7 +104,8 @@ pub struct View {
 /// An event with its decoded payload.
 #[derive(Debug, Clone)]
 pub struct Decoded {
-    pub stored: StoredEvent,
+    /// Shared, not copied, when several projections apply the same event (a rebuild's pass).
+    pub stored: std::sync::Arc<StoredEvent>,
     pub event: DomainEvent,
 }
 

@@ -529,7 +529,7 @@ impl Worker {
             }
             match decode(stored) {
                 Ok(event) => decoded.push(Decoded {
-                    stored: stored.clone(),
+                    stored: std::sync::Arc::new(stored.clone()),
                     event,
                 }),
                 Err(err) => {
@@ -545,7 +545,7 @@ impl Worker {
             if decoded.len() == 1 {
                 return Ok(Step::Failed {
                     index: 0,
-                    stored: Box::new(decoded[0].stored.clone()),
+                    stored: Box::new(StoredEvent::clone(&decoded[0].stored)),
                     error: err,
                 });
             }

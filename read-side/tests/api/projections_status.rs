@@ -64,11 +64,16 @@ async fn a_projection_without_a_live_worker_is_reported_stalled(pool: PgPool) {
     let system = System::spawn(pool).await;
     system.register("MUG", 1250, 10).await;
     system.project().await;
-    // The worker "died" long ago.
-    sqlx::query("UPDATE projection_heartbeats SET heartbeat_at = now() - interval '1 minute'")
-        .execute(&system.pool)
-        .await
-        .unwrap();
+    // The worker "died" long ago. Under another owner's name: the test's own worker keeps
+    // beating every 200 ms and would otherwise write over the old timestamp (its beat only
+    // touches its own row, and stops once that is gone).
+    sqlx::query(
+        "UPDATE projection_heartbeats
+            SET owner = 'a-worker-that-died', heartbeat_at = now() - interval '1 minute'",
+    )
+    .execute(&system.pool)
+    .await
+    .unwrap();
     let report = system.get_json("/projections").await;
     let inventory = find(&report, "inventory");
     assert_eq!(inventory["state"], "stalled");

@@ -381,10 +381,9 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
                     .collect::<Vec<_>>()
                     .join(",")
             });
-            let borrowed: Vec<&dyn Projection> = targets.iter().map(|t| t.as_ref()).collect();
             let results = rebuild::rebuild_many(
                 pool,
-                &borrowed,
+                &targets,
                 mode,
                 options,
                 |done, total| {

@@ -106,6 +106,8 @@ pub enum RebuildError {
     ReadLog(#[source] StoreError),
     #[error("the task reading the log ahead failed")]
     ReadAhead(#[source] tokio::task::JoinError),
+    #[error("the task applying a batch failed")]
+    Apply(#[source] tokio::task::JoinError),
     /// The pass over the log that several projections shared failed (each gets this).
     #[error("the pass over the log failed")]
     Pass(#[source] Arc<RebuildError>),
@@ -295,21 +297,22 @@ async fn set_search_path(conn: &mut PgConnection, schema: &str) -> Result<(), sq
 /// batches.
 pub async fn rebuild(
     pool: &PgPool,
-    projection: &dyn Projection,
+    projection: Arc<dyn Projection>,
     mode: Mode,
     options: Options,
     progress: impl FnMut(u64, u64),
     stop: &AtomicBool,
 ) -> Result<Report, RebuildError> {
+    let name = projection.name();
     rebuild_many(pool, &[projection], mode, options, progress, stop)
         .await
         .pop()
-        .unwrap_or_else(|| Err(RebuildError::NotRebuildable(projection.name().to_owned())))
+        .unwrap_or_else(|| Err(RebuildError::NotRebuildable(name.to_owned())))
 }
 
 /// One projection's part in a rebuild pass.
-struct Target<'p> {
-    projection: &'p dyn Projection,
+struct Target {
+    projection: Arc<dyn Projection>,
     schema: String,
     /// The last event in its shadow tables.
     checkpoint: Checkpoint,
@@ -337,7 +340,7 @@ struct Part {
 /// with the events the pass has read and the log's size; `stop` interrupts between batches.
 pub async fn rebuild_many(
     pool: &PgPool,
-    projections: &[&dyn Projection],
+    projections: &[Arc<dyn Projection>],
     mode: Mode,
     options: Options,
     mut progress: impl FnMut(u64, u64),
@@ -347,9 +350,9 @@ pub async fn rebuild_many(
     let mut results: Vec<Option<Result<Report, RebuildError>>> =
         projections.iter().map(|_| None).collect();
     // (index in `projections`, its part in the pass)
-    let mut active: Vec<(usize, Target<'_>)> = Vec::new();
+    let mut active: Vec<(usize, Target)> = Vec::new();
     for (index, projection) in projections.iter().enumerate() {
-        match prepare(pool, *projection, mode).await {
+        match prepare(pool, projection.clone(), mode).await {
             Ok(target) => active.push((index, target)),
             Err(err) => results[index] = Some(Err(err)),
         }
@@ -380,11 +383,11 @@ pub async fn rebuild_many(
 
 /// Registers the projection and its rebuild, and makes its shadow tables: a rebuild of the
 /// same version resumes; anything else starts over.
-async fn prepare<'p>(
+async fn prepare(
     pool: &PgPool,
-    projection: &'p dyn Projection,
+    projection: Arc<dyn Projection>,
     mode: Mode,
-) -> Result<Target<'p>, RebuildError> {
+) -> Result<Target, RebuildError> {
     let name = projection.name();
     let tables = projection.tables();
     if tables.is_empty() {
@@ -467,7 +470,7 @@ async fn prepare<'p>(
 
 /// The event types to read payloads for: those any target consumes (all when one of them
 /// cannot list its own).
-fn payload_types(active: &[(usize, Target<'_>)]) -> Option<Arc<[&'static str]>> {
+fn payload_types(active: &[(usize, Target)]) -> Option<Arc<[&'static str]>> {
     let mut types: Vec<&'static str> = Vec::new();
     for (_, target) in active {
         for event_type in target.projection.event_types()? {
@@ -494,7 +497,7 @@ fn for_each_target(err: RebuildError, n: usize) -> Vec<RebuildError> {
 /// targets that stopped, with why; the others are built.
 async fn build(
     pool: &PgPool,
-    active: &mut Vec<(usize, Target<'_>)>,
+    active: &mut Vec<(usize, Target)>,
     mode: Mode,
     options: Options,
     progress: &mut impl FnMut(u64, u64),
@@ -586,19 +589,28 @@ async fn build(
         ahead = read_ahead(pool, types.clone(), last, options.batch_size);
         let read = events.len();
         let parts = distribute(events, active);
-        let applying = active
-            .iter_mut()
+        // Each projection's part in a task of its own: their CPU work (evolving rows,
+        // encoding the writes) runs on every core, not one after the other.
+        let (indexes, applying): (Vec<usize>, Vec<_>) = active
+            .drain(..)
             .zip(parts)
-            .map(|((_, target), part)| apply_part(pool, target, part, mode));
+            .map(|((index, mut target), part)| {
+                let pool = pool.clone();
+                let task = tokio::spawn(async move {
+                    let outcome = apply_part(&pool, &mut target, part, mode).await;
+                    (target, outcome)
+                });
+                (index, task)
+            })
+            .unzip();
         let outcomes = futures::future::join_all(applying).await;
-        let mut still = Vec::with_capacity(active.len());
-        for ((index, target), outcome) in active.drain(..).zip(outcomes) {
-            match outcome {
-                Ok(()) => still.push((index, target)),
-                Err(err) => stopped.push((index, err)),
+        for (index, joined) in indexes.into_iter().zip(outcomes) {
+            match joined {
+                Ok((target, Ok(()))) => active.push((index, target)),
+                Ok((_, Err(err))) => stopped.push((index, err)),
+                Err(err) => stopped.push((index, RebuildError::Apply(err))),
             }
         }
-        *active = still;
         checkpoint = last;
         passed += read as u64;
         progress(passed, total.max(passed));
@@ -610,7 +622,7 @@ async fn build(
 /// Splits a batch between the targets: each gets the events after its own checkpoint,
 /// decoded where it handles them. An event is decoded once; the targets that handle it share it
 /// (the decoded form is cloned for all but the last).
-fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target<'_>)]) -> Vec<Part> {
+fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target)]) -> Vec<Part> {
     let mut parts: Vec<Part> = active.iter().map(|_| Part::default()).collect();
     let mut handlers: Vec<usize> = Vec::with_capacity(active.len());
     for stored in events {
@@ -659,7 +671,7 @@ fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target<'_>)]) -> Vec<P
 /// transaction of its own.
 async fn apply_part(
     pool: &PgPool,
-    target: &mut Target<'_>,
+    target: &mut Target,
     part: Part,
     mode: Mode,
 ) -> Result<(), RebuildError> {
@@ -670,7 +682,7 @@ async fn apply_part(
         return Ok(());
     };
     let mut tx = pool.begin().await.map_err(database("begin"))?;
-    let projection = target.projection;
+    let projection = target.projection.clone();
     let applied = async {
         // The shadow tables, and no wait for the WAL flush at commit: a batch lost in a
         // crash of PostgreSQL loses its rows and its checkpoint together (they commit in one
@@ -726,13 +738,13 @@ async fn apply_part(
 /// Verifies a built target against live, then swaps it in (or drops the scratch tables).
 async fn finish(
     pool: &PgPool,
-    target: &Target<'_>,
+    target: &Target,
     mode: Mode,
     options: Options,
     started: Instant,
     build_seconds: f64,
 ) -> Result<Report, RebuildError> {
-    let projection = target.projection;
+    let projection = target.projection.as_ref();
     let verifying = Instant::now();
     let diff = {
         let mut conn = pool.acquire().await.map_err(database("connect"))?;

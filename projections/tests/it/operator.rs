@@ -26,7 +26,7 @@ async fn assert_live_equals_a_fresh_build(pool: &PgPool) {
     for projection in projections::all() {
         let report = rebuild::rebuild(
             pool,
-            projection.as_ref(),
+            projection.clone(),
             Mode::DryRun,
             Options::default(),
             |_, _| {},
@@ -129,9 +129,7 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
         keep_old: false,
     };
     let all = projections::all();
-    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
-    let reports =
-        rebuild::rebuild_many(&pool, &targets, Mode::Swap, small, |_, _| {}, &never()).await;
+    let reports = rebuild::rebuild_many(&pool, &all, Mode::Swap, small, |_, _| {}, &never()).await;
     assert_eq!(reports.len(), 4);
     for report in reports {
         let report = report.unwrap();
@@ -188,7 +186,7 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
     };
     let err = rebuild::rebuild(
         &pool,
-        &projections::order_details::OrderDetailsProjection,
+        Arc::new(projections::order_details::OrderDetailsProjection),
         Mode::Swap,
         small,
         |done, _| {
@@ -220,7 +218,7 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
 
     let report = rebuild::rebuild(
         &pool,
-        &projections::order_details::OrderDetailsProjection,
+        Arc::new(projections::order_details::OrderDetailsProjection),
         Mode::Swap,
         small,
         |_, _| {},
@@ -297,7 +295,7 @@ async fn a_changed_handler_gets_its_new_rows_after_a_rebuild(pool: PgPool) {
     old.release();
     let report = rebuild::rebuild(
         &pool,
-        &InventoryV2,
+        Arc::new(InventoryV2),
         Mode::Swap,
         Options::default(),
         |_, _| {},
@@ -459,7 +457,7 @@ async fn a_rebuild_stops_on_an_event_it_cannot_apply_and_swaps_nothing(pool: PgP
     .unwrap();
     let err = rebuild::rebuild(
         &pool,
-        &InventoryProjection,
+        Arc::new(InventoryProjection),
         Mode::Swap,
         Options::default(),
         |_, _| {},
@@ -488,10 +486,9 @@ async fn in_a_pass_over_all_projections_one_that_cannot_apply_an_event_stops_alo
     .await
     .unwrap();
     let all = projections::all();
-    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
     let reports = rebuild::rebuild_many(
         &pool,
-        &targets,
+        &all,
         Mode::Swap,
         Options::default(),
         |_, _| {},
@@ -543,10 +540,9 @@ async fn verification_counts_the_rows_a_build_adds_removes_and_changes(pool: PgP
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
     let all = projections::all();
-    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
     let reports = rebuild::rebuild_many(
         &pool,
-        &targets,
+        &all,
         Mode::DryRun,
         Options::default(),
         |_, _| {},
@@ -586,7 +582,7 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
     let stop = AtomicBool::new(false);
     let err = rebuild::rebuild(
         &pool,
-        &projections::order_details::OrderDetailsProjection,
+        Arc::new(projections::order_details::OrderDetailsProjection),
         Mode::Swap,
         small,
         |done, _| {
@@ -602,11 +598,10 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
     // ...then a pass over all four is interrupted after two batches: the first 10 events,
     // of which order_details had 5.
     let all = projections::all();
-    let targets: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
     let stop = AtomicBool::new(false);
     let interrupted = rebuild::rebuild_many(
         &pool,
-        &targets,
+        &all,
         Mode::Swap,
         small,
         |done, _| {
@@ -631,8 +626,7 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
         }
     }
     // The next pass resumes every one where it stopped.
-    let reports =
-        rebuild::rebuild_many(&pool, &targets, Mode::Swap, small, |_, _| {}, &never()).await;
+    let reports = rebuild::rebuild_many(&pool, &all, Mode::Swap, small, |_, _| {}, &never()).await;
     for report in reports {
         let report = report.unwrap();
         assert!(report.resumed, "{}", report.projection);

@@ -179,25 +179,11 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
     Shop::new(&pool).history().await;
     build_live(&pool).await;
     let live_before = rows(&pool, "order_details_v1").await;
-    let stop = AtomicBool::new(false);
     let small = Options {
         batch_size: 5,
         keep_old: false,
     };
-    let err = rebuild::rebuild(
-        &pool,
-        Arc::new(projections::order_details::OrderDetailsProjection),
-        Mode::Swap,
-        small,
-        |done, _| {
-            if done > 0 {
-                stop.store(true, Ordering::SeqCst)
-            }
-        },
-        &stop,
-    )
-    .await
-    .unwrap_err();
+    let err = interrupted_after_one_batch(&pool, small).await;
     assert!(
         matches!(err, RebuildError::Interrupted { events_read: 5 }),
         "{err}"
@@ -239,6 +225,25 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
         "the same model"
     );
     assert_live_equals_a_fresh_build(&pool).await;
+}
+
+/// A rebuild of order_details stopped (as by Ctrl-C) after its first batch.
+async fn interrupted_after_one_batch(pool: &PgPool, options: Options) -> RebuildError {
+    let stop = AtomicBool::new(false);
+    rebuild::rebuild(
+        pool,
+        Arc::new(projections::order_details::OrderDetailsProjection),
+        Mode::Swap,
+        options,
+        |done, _| {
+            if done > 0 {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+        &stop,
+    )
+    .await
+    .expect_err("interrupted")
 }
 
 async fn rows_in_log(pool: &PgPool) -> i64 {
@@ -579,21 +584,7 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
         keep_old: false,
     };
     // order_details alone gets 5 events ahead...
-    let stop = AtomicBool::new(false);
-    let err = rebuild::rebuild(
-        &pool,
-        Arc::new(projections::order_details::OrderDetailsProjection),
-        Mode::Swap,
-        small,
-        |done, _| {
-            if done > 0 {
-                stop.store(true, Ordering::SeqCst)
-            }
-        },
-        &stop,
-    )
-    .await
-    .unwrap_err();
+    let err = interrupted_after_one_batch(&pool, small).await;
     assert!(matches!(err, RebuildError::Interrupted { events_read: 5 }));
     // ...then a pass over all four is interrupted after two batches: the first 10 events,
     // of which order_details had 5.

@@ -45,6 +45,16 @@ async fn assert_live_equals_a_fresh_build(pool: &PgPool) {
     }
 }
 
+/// One uninterrupted pass over the log for `projections`.
+async fn pass_over(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    mode: Mode,
+    options: Options,
+) -> Vec<Result<rebuild::Report, RebuildError>> {
+    rebuild::rebuild_many(pool, projections, mode, options, |_, _| {}, &never()).await
+}
+
 async fn build_live(pool: &PgPool) {
     for projection in projections::all() {
         let mut worker = worker(pool, projection).await;
@@ -129,7 +139,7 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
         keep_old: false,
     };
     let all = projections::all();
-    let reports = rebuild::rebuild_many(&pool, &all, Mode::Swap, small, |_, _| {}, &never()).await;
+    let reports = pass_over(&pool, &all, Mode::Swap, small).await;
     assert_eq!(reports.len(), 4);
     for report in reports {
         let report = report.unwrap();
@@ -449,17 +459,22 @@ async fn a_parked_event_is_skipped_and_the_projection_goes_on(pool: PgPool) {
     ));
 }
 
-#[sqlx::test(migrator = "infra::db::MIGRATOR")]
-async fn a_rebuild_stops_on_an_event_it_cannot_apply_and_swaps_nothing(pool: PgPool) {
-    Shop::new(&pool).item("GOOD", 1, 1).await;
-    build_live(&pool).await;
+/// An inventory event no handler can decode (a registration without its fields).
+async fn append_an_unreadable_registration(pool: &PgPool) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload)
          VALUES ('inventory_item', 'BAD', 1, 'InventoryItemRegistered', '1.0', '{\"Registered\": {}}')",
     )
-    .execute(&pool)
+    .execute(pool)
     .await
-    .unwrap();
+    .expect("test setup");
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_rebuild_stops_on_an_event_it_cannot_apply_and_swaps_nothing(pool: PgPool) {
+    Shop::new(&pool).item("GOOD", 1, 1).await;
+    build_live(&pool).await;
+    append_an_unreadable_registration(&pool).await;
     let err = rebuild::rebuild(
         &pool,
         Arc::new(InventoryProjection),
@@ -483,23 +498,9 @@ async fn in_a_pass_over_all_projections_one_that_cannot_apply_an_event_stops_alo
     Shop::new(&pool).history().await;
     build_live(&pool).await;
     let inventory_before = rows(&pool, "inventory_v1").await;
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload)
-         VALUES ('inventory_item', 'BAD', 1, 'InventoryItemRegistered', '1.0', '{\"Registered\": {}}')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    append_an_unreadable_registration(&pool).await;
     let all = projections::all();
-    let reports = rebuild::rebuild_many(
-        &pool,
-        &all,
-        Mode::Swap,
-        Options::default(),
-        |_, _| {},
-        &never(),
-    )
-    .await;
+    let reports = pass_over(&pool, &all, Mode::Swap, Options::default()).await;
     for (projection, report) in all.iter().zip(reports) {
         if projection.name() == "inventory" {
             let err = report.unwrap_err();
@@ -545,15 +546,7 @@ async fn verification_counts_the_rows_a_build_adds_removes_and_changes(pool: PgP
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
     let all = projections::all();
-    let reports = rebuild::rebuild_many(
-        &pool,
-        &all,
-        Mode::DryRun,
-        Options::default(),
-        |_, _| {},
-        &never(),
-    )
-    .await;
+    let reports = pass_over(&pool, &all, Mode::DryRun, Options::default()).await;
     let mut found = Vec::new();
     for report in reports {
         for d in report.unwrap().diff {
@@ -617,7 +610,7 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
         }
     }
     // The next pass resumes every one where it stopped.
-    let reports = rebuild::rebuild_many(&pool, &all, Mode::Swap, small, |_, _| {}, &never()).await;
+    let reports = pass_over(&pool, &all, Mode::Swap, small).await;
     for report in reports {
         let report = report.unwrap();
         assert!(report.resumed, "{}", report.projection);

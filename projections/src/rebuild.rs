@@ -482,13 +482,18 @@ fn payload_types(active: &[(usize, Target)]) -> Option<Arc<[&'static str]>> {
     Some(types.into())
 }
 
-/// One error for each of `n` targets: itself for one, shared for several.
-fn for_each_target(err: RebuildError, n: usize) -> Vec<RebuildError> {
-    if n == 1 {
-        return vec![err];
+/// Stops every target still in the pass with `err`: itself for one, shared for several.
+fn stop_all(active: &mut Vec<(usize, Target)>, err: RebuildError) -> Vec<(usize, RebuildError)> {
+    if let [(index, _)] = active.as_slice() {
+        let index = *index;
+        active.clear();
+        return vec![(index, err)];
     }
     let shared = Arc::new(err);
-    (0..n).map(|_| RebuildError::Pass(shared.clone())).collect()
+    active
+        .drain(..)
+        .map(|(index, _)| (index, RebuildError::Pass(shared.clone())))
+        .collect()
 }
 
 /// The pass: batch by batch until every target's shadow has every settled event. The next
@@ -529,10 +534,7 @@ async fn build(
             u64::try_from(total).unwrap_or(0),
             u64::try_from(before).unwrap_or(0),
         ),
-        Err(err) => {
-            let errors = for_each_target(database("count events")(err), active.len());
-            return active.iter().map(|(i, _)| *i).zip(errors).collect();
-        }
+        Err(err) => return stop_all(active, database("count events")(err)),
     };
     progress(passed, total.max(passed));
 
@@ -556,13 +558,11 @@ async fn build(
         let events = match (&mut ahead).await {
             Ok(Ok(events)) => events,
             Ok(Err(err)) => {
-                let errors = for_each_target(err, active.len());
-                stopped.extend(active.drain(..).map(|(i, _)| i).zip(errors));
+                stopped.extend(stop_all(active, err));
                 break;
             }
             Err(err) => {
-                let errors = for_each_target(RebuildError::ReadAhead(err), active.len());
-                stopped.extend(active.drain(..).map(|(i, _)| i).zip(errors));
+                stopped.extend(stop_all(active, RebuildError::ReadAhead(err)));
                 break;
             }
         };
@@ -572,8 +572,7 @@ async fn build(
                 Ok(false) => break,
                 Ok(true) => {}
                 Err(err) => {
-                    let errors = for_each_target(database("look at the log")(err), active.len());
-                    stopped.extend(active.drain(..).map(|(i, _)| i).zip(errors));
+                    stopped.extend(stop_all(active, database("look at the log")(err)));
                     break;
                 }
             }

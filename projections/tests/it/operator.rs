@@ -633,21 +633,25 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
     assert_live_equals_a_fresh_build(&pool).await;
 }
 
-/// The `ordo` binary on this test's database.
-/// Runs asynchronously, so the test's runtime keeps running (and finishing its own work)
-/// while the CLI works on the same database.
-async fn ordo(pool: &PgPool, args: &[&str]) -> (i32, String, String) {
+/// This test's database, for a child process.
+fn database_url(pool: &PgPool) -> String {
     let options = pool.connect_options();
-    let url = format!(
+    format!(
         "postgres://{}@{}:{}/{}",
         options.get_username(),
         options.get_host(),
         options.get_port(),
         options.get_database().unwrap_or_default()
-    );
+    )
+}
+
+/// The `ordo` binary on this test's database.
+/// Runs asynchronously, so the test's runtime keeps running (and finishing its own work)
+/// while the CLI works on the same database.
+async fn ordo(pool: &PgPool, args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_ordo"))
         .args(args)
-        .env("DATABASE_URL", url)
+        .env("DATABASE_URL", database_url(pool))
         .env("NO_COLOR", "1")
         .output()
         .await
@@ -785,6 +789,78 @@ async fn the_cli_replays_a_saga(pool: PgPool) {
     insta::assert_snapshot!("replay_saga", saga);
     let (code, _, err) = ordo(&pool, &["replay", "saga", &uuid::Uuid::nil().to_string()]).await;
     assert_eq!(code, 3, "{err}");
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPool) {
+    let shop = Shop::new(&pool);
+    shop.history().await;
+    for n in 0..150u32 {
+        shop.inventory(
+            "MUG",
+            InventoryCommand::Restock {
+                quantity: qty(1),
+                at: t(5, n % 60),
+            },
+        )
+        .await;
+    }
+    build_live(&pool).await;
+    let live_before = rows(&pool, "inventory_v1").await;
+    // `ordo projections rebuild --all`, one event per batch, killed (SIGKILL: no clean-up)
+    // once the pass is well under way.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["projections", "rebuild", "--all", "--batch-size", "1"])
+        .env("DATABASE_URL", database_url(&pool))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ordo runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT min(events_applied)::bigint FROM projection_rebuilds")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if applied.is_some_and(|n| n >= 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pass did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().await.unwrap();
+    let unfinished: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_rebuilds")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unfinished, 4, "killed in the middle of the pass");
+    assert_eq!(
+        rows(&pool, "inventory_v1").await,
+        live_before,
+        "live untouched"
+    );
+
+    let (code, out, err) = ordo(&pool, &["projections", "rebuild", "--all", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(reports.len(), 4);
+    for report in &reports {
+        assert_eq!(report["resumed"], true, "{report}");
+        assert_eq!(report["swapped"], true, "{report}");
+        for diff in report["diff"].as_array().unwrap() {
+            assert_eq!(
+                (&diff["added"], &diff["removed"], &diff["changed"]),
+                (&0.into(), &0.into(), &0.into()),
+                "{report}"
+            );
+        }
+    }
+    assert_eq!(rows(&pool, "inventory_v1").await, live_before);
+    assert_live_equals_a_fresh_build(&pool).await;
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

@@ -51,7 +51,7 @@ pub struct RunnerConfig {
 impl RunnerConfig {
     pub fn new(payment_deadline: Duration) -> Self {
         Self {
-            concurrency: 128,
+            concurrency: infra::config::DEFAULT_SAGA_CONCURRENCY,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             payment_deadline,

@@ -115,6 +115,7 @@ impl Projection for CustomerOrdersProjection {
         &[Table {
             name: "customer_orders_v1",
             key: &["order_id"],
+            insert_only: false,
         }]
     }
 

@@ -100,6 +100,7 @@ impl Projection for InventoryProjection {
         &[Table {
             name: "inventory_v1",
             key: &["sku"],
+            insert_only: false,
         }]
     }
 

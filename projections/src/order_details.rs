@@ -344,14 +344,17 @@ impl Projection for OrderDetailsProjection {
             Table {
                 name: "order_details_v1",
                 key: &["order_id"],
+                insert_only: false,
             },
             Table {
                 name: "order_payments_v1",
                 key: &["order_id"],
+                insert_only: false,
             },
             Table {
                 name: "order_timeline_v1",
                 key: &["order_id", "position"],
+                insert_only: true,
             },
         ]
     }
@@ -518,7 +521,7 @@ impl Projection for OrderDetailsProjection {
                                                 description)
                  SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::timestamptz[],
                                       $5::text[], $6::text[], $7::text[])
-                 ON CONFLICT (order_id, position) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )
             .bind(timeline.iter().map(|e| e.order_id).collect::<Vec<_>>())
             .bind(timeline.iter().map(|e| e.position).collect::<Vec<_>>())

@@ -124,7 +124,9 @@ fn quoted(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// Creates `schema` with empty copies of the live tables (same columns, keys, indexes).
+/// Creates `schema` with empty copies of the live tables (same columns, keys, indexes), but
+/// without the indexes of an [`insert_only`](Table::insert_only) table: [`build_indexes`]
+/// adds those once its rows are in.
 pub async fn create_shadow(
     conn: &mut PgConnection,
     schema: &str,
@@ -135,13 +137,70 @@ pub async fn create_shadow(
         .await?;
     for table in tables {
         sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {}.{} (LIKE public.{} INCLUDING ALL)",
+            "CREATE TABLE IF NOT EXISTS {}.{} (LIKE public.{} INCLUDING ALL{})",
             quoted(schema),
             quoted(table.name),
-            quoted(table.name)
+            quoted(table.name),
+            if table.insert_only {
+                " EXCLUDING INDEXES"
+            } else {
+                ""
+            }
         ))
         .execute(&mut *conn)
         .await?;
+    }
+    Ok(())
+}
+
+/// Gives each [`insert_only`](Table::insert_only) shadow table the indexes (and primary
+/// key) of its live table, built from the rows in one pass each. A table that has indexes
+/// already (built by an earlier, interrupted run, or created with them by an older build)
+/// is left as it is.
+pub async fn build_indexes(
+    conn: &mut PgConnection,
+    schema: &str,
+    tables: &[Table],
+) -> Result<(), sqlx::Error> {
+    for table in tables.iter().filter(|table| table.insert_only) {
+        let shadow = format!("{}.{}", quoted(schema), quoted(table.name));
+        let indexed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass)",
+        )
+        .bind(&shadow)
+        .fetch_one(&mut *conn)
+        .await?;
+        if indexed {
+            continue;
+        }
+        let live: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid), i.indisprimary
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE i.indrelid = $1::regclass",
+        )
+        .bind(format!("public.{}", quoted(table.name)))
+        .fetch_all(&mut *conn)
+        .await?;
+        for (index, definition, primary) in live {
+            // `CREATE [UNIQUE] INDEX name ON public.table USING ...`: the same index on the
+            // shadow table (an index lives in its table's schema, so the name is free there).
+            let on_live = format!(" ON public.{} ", table.name);
+            let on_live_quoted = format!(" ON public.{} ", quoted(table.name));
+            let definition = if definition.contains(&on_live) {
+                definition.replacen(&on_live, &format!(" ON {shadow} "), 1)
+            } else {
+                definition.replacen(&on_live_quoted, &format!(" ON {shadow} "), 1)
+            };
+            sqlx::query(&definition).execute(&mut *conn).await?;
+            if primary {
+                sqlx::query(&format!(
+                    "ALTER TABLE {shadow} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}",
+                    name = quoted(&index)
+                ))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
     }
     Ok(())
 }
@@ -744,13 +803,18 @@ async fn finish(
     build_seconds: f64,
 ) -> Result<Report, RebuildError> {
     let projection = target.projection.as_ref();
+    // Indexing the rows is the build's last step.
+    let indexing = Instant::now();
+    let mut conn = pool.acquire().await.map_err(database("connect"))?;
+    build_indexes(&mut conn, &target.schema, projection.tables())
+        .await
+        .map_err(database("index the shadow tables"))?;
+    let build_seconds = build_seconds + indexing.elapsed().as_secs_f64();
     let verifying = Instant::now();
-    let diff = {
-        let mut conn = pool.acquire().await.map_err(database("connect"))?;
-        diff(&mut conn, &target.schema, projection.tables())
-            .await
-            .map_err(database("compare with live"))?
-    };
+    let diff = diff(&mut conn, &target.schema, projection.tables())
+        .await
+        .map_err(database("compare with live"))?;
+    drop(conn);
     let verify_seconds = verifying.elapsed().as_secs_f64();
     match mode {
         Mode::DryRun => {

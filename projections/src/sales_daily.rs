@@ -157,14 +157,17 @@ impl Projection for SalesDailyProjection {
             Table {
                 name: "sales_daily_v1",
                 key: &["day", "currency"],
+                insert_only: false,
             },
             Table {
                 name: "sales_daily_orders_v1",
                 key: &["order_id"],
+                insert_only: false,
             },
             Table {
                 name: "sales_daily_refunds_v1",
                 key: &["refund_id"],
+                insert_only: false,
             },
         ]
     }

@@ -90,6 +90,11 @@ pub struct Table {
     pub name: &'static str,
     /// The columns of its primary key, to compare builds row by row.
     pub key: &'static [&'static str],
+    /// `apply` only ever inserts into this table, with no conflict target (`ON CONFLICT DO
+    /// NOTHING`), and never reads it back: a rebuild then fills the shadow copy without its
+    /// indexes and builds them once, from the finished rows, before verifying. Maintaining a
+    /// B-tree keyed by random UUIDs row by row was the largest cost of a rebuild (ADR 0006).
+    pub insert_only: bool,
 }
 
 /// A view the query API reads a projection through, re-created when a rebuild swaps the

@@ -237,6 +237,120 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
     assert_live_equals_a_fresh_build(&pool).await;
 }
 
+/// The definitions of a table's indexes (index names dropped), and whether it has a primary key.
+async fn indexes(pool: &PgPool, table: &str) -> (Vec<String>, bool) {
+    let definitions: Vec<String> = sqlx::query_scalar(
+        "SELECT regexp_replace(pg_get_indexdef(indexrelid), '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '\\1')
+           FROM pg_index WHERE indrelid = $1::regclass ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let primary: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p')",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (definitions, primary)
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn an_insert_only_table_is_built_without_its_indexes_and_swapped_in_with_them(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let timeline = indexes(&pool, "public.order_timeline_v1").await;
+    assert_eq!(
+        timeline,
+        (
+            vec!["UNIQUE USING btree (order_id, \"position\")".to_owned()],
+            true
+        ),
+        "the live timeline's key"
+    );
+    let details = indexes(&pool, "public.order_details_v1").await;
+    let small = Options {
+        batch_size: 5,
+        keep_old: false,
+    };
+    interrupted_after_one_batch(&pool, small).await;
+    // Mid-build: the insert-only table has rows and no index; the others have theirs.
+    assert_eq!(
+        indexes(&pool, "rebuild_order_details.order_timeline_v1").await,
+        (vec![], false)
+    );
+    assert!(
+        !rows(&pool, "rebuild_order_details.order_timeline_v1")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        indexes(&pool, "rebuild_order_details.order_details_v1").await,
+        details
+    );
+    // Indexing is idempotent: a run that indexed and then died is resumed as it stands.
+    let tables = projections::order_details::OrderDetailsProjection.tables();
+    let mut conn = pool.acquire().await.unwrap();
+    rebuild::build_indexes(&mut conn, "rebuild_order_details", tables)
+        .await
+        .unwrap();
+    assert_eq!(
+        indexes(&pool, "rebuild_order_details.order_timeline_v1").await,
+        timeline
+    );
+    rebuild::build_indexes(&mut conn, "rebuild_order_details", tables)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let report = rebuild::rebuild(
+        &pool,
+        Arc::new(projections::order_details::OrderDetailsProjection),
+        Mode::Swap,
+        small,
+        |_, _| {},
+        &never(),
+    )
+    .await
+    .unwrap();
+    assert!(report.resumed && report.swapped);
+    assert_eq!(indexes(&pool, "public.order_timeline_v1").await, timeline);
+    assert_live_equals_a_fresh_build(&pool).await;
+
+    // A fresh rebuild (no shadow left) indexes the table itself before verifying and swapping.
+    let report = rebuild::rebuild(
+        &pool,
+        Arc::new(projections::order_details::OrderDetailsProjection),
+        Mode::Swap,
+        Options::default(),
+        |_, _| {},
+        &never(),
+    )
+    .await
+    .unwrap();
+    assert!(!report.resumed && report.swapped);
+    assert!(
+        report
+            .diff
+            .iter()
+            .all(|d| (d.added, d.removed, d.changed) == (0, 0, 0)),
+        "{:?}",
+        report.diff
+    );
+    assert_eq!(indexes(&pool, "public.order_timeline_v1").await, timeline);
+    // The key holds: the same entry twice is refused.
+    let duplicate =
+        sqlx::query("INSERT INTO order_timeline_v1 SELECT * FROM order_timeline_v1 LIMIT 1")
+            .execute(&pool)
+            .await;
+    assert!(
+        duplicate.is_err(),
+        "the swapped-in timeline has its primary key"
+    );
+}
+
 /// A rebuild of order_details stopped (as by Ctrl-C) after its first batch.
 async fn interrupted_after_one_batch(pool: &PgPool, options: Options) -> RebuildError {
     let stop = AtomicBool::new(false);

@@ -246,14 +246,14 @@ async fn indexes(pool: &PgPool, table: &str) -> (Vec<String>, bool) {
     .bind(table)
     .fetch_all(pool)
     .await
-    .unwrap();
+    .expect("read the catalog");
     let primary: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p')",
     )
     .bind(table)
     .fetch_one(pool)
     .await
-    .unwrap();
+    .expect("read the catalog");
     (definitions, primary)
 }
 

@@ -212,16 +212,7 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
     assert!(position > 0);
     assert_eq!(applied, 5);
 
-    let report = rebuild::rebuild(
-        &pool,
-        Arc::new(projections::order_details::OrderDetailsProjection),
-        Mode::Swap,
-        small,
-        |_, _| {},
-        &never(),
-    )
-    .await
-    .unwrap();
+    let report = order_details_swapped(&pool, small).await.unwrap();
     assert!(report.resumed);
     assert!(report.swapped);
     assert_eq!(
@@ -305,31 +296,15 @@ async fn an_insert_only_table_is_built_without_its_indexes_and_swapped_in_with_t
         .unwrap();
     drop(conn);
 
-    let report = rebuild::rebuild(
-        &pool,
-        Arc::new(projections::order_details::OrderDetailsProjection),
-        Mode::Swap,
-        small,
-        |_, _| {},
-        &never(),
-    )
-    .await
-    .unwrap();
+    let report = order_details_swapped(&pool, small).await.unwrap();
     assert!(report.resumed && report.swapped);
     assert_eq!(indexes(&pool, "public.order_timeline_v1").await, timeline);
     assert_live_equals_a_fresh_build(&pool).await;
 
     // A fresh rebuild (no shadow left) indexes the table itself before verifying and swapping.
-    let report = rebuild::rebuild(
-        &pool,
-        Arc::new(projections::order_details::OrderDetailsProjection),
-        Mode::Swap,
-        Options::default(),
-        |_, _| {},
-        &never(),
-    )
-    .await
-    .unwrap();
+    let report = order_details_swapped(&pool, Options::default())
+        .await
+        .unwrap();
     assert!(!report.resumed && report.swapped);
     assert!(
         report
@@ -349,6 +324,22 @@ async fn an_insert_only_table_is_built_without_its_indexes_and_swapped_in_with_t
         duplicate.is_err(),
         "the swapped-in timeline has its primary key"
     );
+}
+
+/// A rebuild of order_details, run to the end and swapped in.
+async fn order_details_swapped(
+    pool: &PgPool,
+    options: Options,
+) -> Result<rebuild::Report, RebuildError> {
+    rebuild::rebuild(
+        pool,
+        Arc::new(projections::order_details::OrderDetailsProjection),
+        Mode::Swap,
+        options,
+        |_, _| {},
+        &never(),
+    )
+    .await
 }
 
 /// A rebuild of order_details stopped (as by Ctrl-C) after its first batch.

@@ -184,14 +184,20 @@ pub async fn build_indexes(
         for (index, definition, primary) in live {
             // `CREATE [UNIQUE] INDEX name ON public.table USING ...`: the same index on the
             // shadow table (an index lives in its table's schema, so the name is free there).
-            let on_live = format!(" ON public.{} ", table.name);
-            let on_live_quoted = format!(" ON public.{} ", quoted(table.name));
-            let definition = if definition.contains(&on_live) {
-                definition.replacen(&on_live, &format!(" ON {shadow} "), 1)
-            } else {
-                definition.replacen(&on_live_quoted, &format!(" ON {shadow} "), 1)
-            };
-            sqlx::query(&definition).execute(&mut *conn).await?;
+            // Never run a definition that still names the live table.
+            let on_shadow = [
+                format!(" ON public.{} ", table.name),
+                format!(" ON public.{} ", quoted(table.name)),
+            ]
+            .into_iter()
+            .find(|on_live| definition.contains(on_live.as_str()))
+            .map(|on_live| definition.replacen(&on_live, &format!(" ON {shadow} "), 1))
+            .ok_or_else(|| {
+                sqlx::Error::Protocol(format!(
+                    "cannot point the index definition `{definition}` at the shadow table"
+                ))
+            })?;
+            sqlx::query(&on_shadow).execute(&mut *conn).await?;
             if primary {
                 sqlx::query(&format!(
                     "ALTER TABLE {shadow} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}",

@@ -55,6 +55,18 @@ async fn pass_over(
     rebuild::rebuild_many(pool, projections, mode, options, |_, _| {}, &never()).await
 }
 
+/// The `n`th restock of one MUG: a write the live inventory worker applies.
+async fn restock_a_mug(shop: &Shop, n: u32) {
+    shop.inventory(
+        "MUG",
+        InventoryCommand::Restock {
+            quantity: qty(1),
+            at: t(5, n % 60),
+        },
+    )
+    .await;
+}
+
 async fn build_live(pool: &PgPool) {
     for projection in projections::all() {
         let mut worker = worker(pool, projection).await;
@@ -88,14 +100,7 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
         tokio::spawn(async move {
             let mut n = 0u32;
             while writing.load(Ordering::SeqCst) {
-                shop.inventory(
-                    "MUG",
-                    InventoryCommand::Restock {
-                        quantity: qty(1),
-                        at: t(5, n % 60),
-                    },
-                )
-                .await;
+                restock_a_mug(&shop, n).await;
                 n += 1;
                 // A steady stream the live workers can keep up with: unthrottled, a writer
                 // whose states are cached outruns them, and "caught up" never holds.
@@ -901,14 +906,7 @@ async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPo
     let shop = Shop::new(&pool);
     shop.history().await;
     for n in 0..150u32 {
-        shop.inventory(
-            "MUG",
-            InventoryCommand::Restock {
-                quantity: qty(1),
-                at: t(5, n % 60),
-            },
-        )
-        .await;
+        restock_a_mug(&shop, n).await;
     }
     build_live(&pool).await;
     let live_before = rows(&pool, "inventory_v1").await;

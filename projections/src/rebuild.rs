@@ -154,7 +154,8 @@ pub async fn create_shadow(
 }
 
 /// Gives each [`insert_only`](Table::insert_only) shadow table the indexes (and primary
-/// key) of its live table, built from the rows in one pass each. A table that has indexes
+/// key) of its live table, built from the rows in one pass each, in one transaction per
+/// table: a crash or a failure leaves it with all of them or none. A table that has indexes
 /// already (built by an earlier, interrupted run, or created with them by an older build)
 /// is left as it is.
 pub async fn build_indexes(
@@ -164,22 +165,25 @@ pub async fn build_indexes(
 ) -> Result<(), sqlx::Error> {
     for table in tables.iter().filter(|table| table.insert_only) {
         let shadow = format!("{}.{}", quoted(schema), quoted(table.name));
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let indexed: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass)",
         )
         .bind(&shadow)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *tx)
         .await?;
         if indexed {
+            tx.rollback().await?;
             continue;
         }
         let live: Vec<(String, String, bool)> = sqlx::query_as(
             "SELECT c.relname::text, pg_get_indexdef(i.indexrelid), i.indisprimary
                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-              WHERE i.indrelid = $1::regclass",
+              WHERE i.indrelid = $1::regclass
+              ORDER BY i.indisprimary DESC, c.relname",
         )
         .bind(format!("public.{}", quoted(table.name)))
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
         for (index, definition, primary) in live {
             // `CREATE [UNIQUE] INDEX name ON public.table USING ...`: the same index on the
@@ -197,16 +201,17 @@ pub async fn build_indexes(
                     "cannot point the index definition `{definition}` at the shadow table"
                 ))
             })?;
-            sqlx::query(&on_shadow).execute(&mut *conn).await?;
+            sqlx::query(&on_shadow).execute(&mut *tx).await?;
             if primary {
                 sqlx::query(&format!(
                     "ALTER TABLE {shadow} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}",
                     name = quoted(&index)
                 ))
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await?;
             }
         }
+        tx.commit().await?;
     }
     Ok(())
 }

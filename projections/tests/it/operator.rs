@@ -331,6 +331,51 @@ async fn an_insert_only_table_is_built_without_its_indexes_and_swapped_in_with_t
     );
 }
 
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn indexing_a_shadow_table_leaves_all_its_indexes_or_none(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    // A second index on the live table, built after the primary key.
+    sqlx::query("CREATE UNIQUE INDEX order_timeline_event ON order_timeline_v1 (event_id)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let small = Options {
+        batch_size: 5,
+        keep_old: false,
+    };
+    interrupted_after_one_batch(&pool, small).await;
+    let shadow = "rebuild_order_details.order_timeline_v1";
+    // An entry again under another position: the key can be built, the second index cannot.
+    sqlx::query(&format!(
+        "INSERT INTO {shadow} SELECT order_id, position + 1000000, event_id, at, source,
+                event_type, description FROM {shadow} LIMIT 1"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let tables = projections::order_details::OrderDetailsProjection.tables();
+    let mut conn = pool.acquire().await.unwrap();
+    rebuild::build_indexes(&mut conn, "rebuild_order_details", tables)
+        .await
+        .expect_err("the event id twice");
+    assert_eq!(
+        indexes(&pool, shadow).await,
+        (vec![], false),
+        "no key without the other index: nothing half-built for a resumed run to skip"
+    );
+    sqlx::query(&format!("DELETE FROM {shadow} WHERE position > 1000000"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    rebuild::build_indexes(&mut conn, "rebuild_order_details", tables)
+        .await
+        .unwrap();
+    let live = indexes(&pool, "public.order_timeline_v1").await;
+    assert_eq!(live.0.len(), 2);
+    assert_eq!(indexes(&pool, shadow).await, live);
+}
+
 /// A rebuild of order_details, run to the end and swapped in.
 async fn order_details_swapped(
     pool: &PgPool,

@@ -13,6 +13,7 @@
 //! | `PAYMENT_GATEWAY_SIM_ADDR` | `127.0.0.1:8090` | where the simulator listens |
 //! | `SAGA_PAYMENT_DEADLINE_MS` | `30000` | no payment outcome by then: the order is cancelled |
 //! | `SAGA_CONCURRENCY` | `512` | sagas one saga worker works on at once |
+//! | `PROJECTOR_SYNCHRONOUS_COMMIT` | `off` | `on`: log-following workers' batches wait for their WAL flush ([`ProjectorSettings`]) |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | Kafka (or Redpanda) bootstrap servers |
 //! | `KAFKA_TOPIC_PREFIX` | empty | prepended to topic names (`prod.` gives `prod.orders.events`) |
 //! | `KAFKA_PARTITIONS` | `3` | partitions of topics the relay creates |
@@ -38,6 +39,7 @@ pub struct Settings {
     pub read_cache_orders: usize,
     pub payment_gateway: PaymentGatewaySettings,
     pub saga: SagaSettings,
+    pub projector: ProjectorSettings,
     pub kafka: KafkaSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -72,6 +74,16 @@ pub struct SagaSettings {
     pub payment_deadline: Duration,
     /// Sagas one worker works on at once.
     pub concurrency: std::num::NonZeroUsize,
+}
+
+/// How the workers that follow the PostgreSQL log (the projector's read models, the saga
+/// worker's trigger) commit their batches: by default without waiting for the WAL flush,
+/// which loses nothing (see [`crate::projection::WorkerConfig::synchronous_commit`]).
+/// Kafka-fed projections always wait: they commit their offsets to the broker afterwards.
+#[derive(Debug, Clone)]
+pub struct ProjectorSettings {
+    /// `PROJECTOR_SYNCHRONOUS_COMMIT=on` makes every batch wait for its WAL flush.
+    pub synchronous_commit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +208,22 @@ pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, Confi
                 "a number of sagas, at least 1",
             )?,
         },
+        projector: ProjectorSettings {
+            synchronous_commit: match var("PROJECTOR_SYNCHRONOUS_COMMIT")
+                .as_deref()
+                .map(str::trim)
+            {
+                None | Some("off" | "false") => false,
+                Some("on" | "true") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "PROJECTOR_SYNCHRONOUS_COMMIT",
+                        value: other.to_owned(),
+                        expected: "on or off",
+                    });
+                }
+            },
+        },
         kafka: KafkaSettings {
             brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
             topic_prefix: var("KAFKA_TOPIC_PREFIX").unwrap_or_default(),
@@ -267,6 +295,28 @@ mod tests {
         let settings = from(&[("SAGA_CONCURRENCY", "64")]).unwrap();
         assert_eq!(settings.saga.concurrency.get(), 64);
         assert!(from(&[("SAGA_CONCURRENCY", "0")]).is_err());
+    }
+
+    #[test]
+    fn projector_batches_commit_asynchronously_unless_told_otherwise() {
+        assert!(!from(&[]).unwrap().projector.synchronous_commit);
+        for (value, synchronous) in [
+            ("on", true),
+            (" true", true),
+            ("off", false),
+            ("false", false),
+        ] {
+            let settings = from(&[("PROJECTOR_SYNCHRONOUS_COMMIT", value)]).unwrap();
+            assert_eq!(
+                settings.projector.synchronous_commit, synchronous,
+                "{value:?}"
+            );
+        }
+        let err = from(&[("PROJECTOR_SYNCHRONOUS_COMMIT", "local")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PROJECTOR_SYNCHRONOUS_COMMIT=\"local\" is not valid: expected on or off"
+        );
     }
 
     #[test]

@@ -169,6 +169,15 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// The longest wait between retries after transient failures.
     pub max_backoff: Duration,
+    /// Whether a batch's commit waits for its WAL to reach the disk. It need not (the
+    /// default): a batch's writes and its checkpoint commit in one transaction, and
+    /// PostgreSQL recovers asynchronous commits in order and whole, so a crash of PostgreSQL
+    /// can only take the last batches back (those committed within about three
+    /// `wal_writer_delay`s, 600 ms by default) together with their checkpoints, and the
+    /// worker applies those events again: nothing is lost or applied twice. Any synchronous
+    /// commit after a batch (the next command appended) makes the batch durable too.
+    /// `PROJECTOR_SYNCHRONOUS_COMMIT=on` ([`crate::config::ProjectorSettings`]) sets it.
+    pub synchronous_commit: bool,
 }
 
 impl Default for WorkerConfig {
@@ -179,6 +188,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(2),
             max_backoff: Duration::from_secs(30),
+            synchronous_commit: false,
         }
     }
 }

@@ -388,7 +388,15 @@ impl Worker {
             }
             self.read_ahead = Some((known, events));
         }
-        let mut tx = self.pool.begin().await.map_err(self.database("begin"))?;
+        // See `WorkerConfig::synchronous_commit`; the setting travels with the BEGIN.
+        let begin = if self.config.synchronous_commit {
+            self.pool.begin().await
+        } else {
+            self.pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+        };
+        let mut tx = begin.map_err(self.database("begin"))?;
         let step = self.batch(&mut tx).await;
         // Every path ends the transaction now: a dropped transaction's rollback waits for the
         // connection's next use, holding the projection's row lock meanwhile.

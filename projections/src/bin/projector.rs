@@ -46,12 +46,18 @@ async fn main() -> anyhow::Result<()> {
         infra::db::migrate(&pool).await?;
     }
     match args.source {
-        Source::Log => from_log(pool).await,
+        Source::Log => {
+            let config = WorkerConfig {
+                synchronous_commit: settings.projector.synchronous_commit,
+                ..WorkerConfig::default()
+            };
+            from_log(pool, config).await
+        }
         Source::Kafka => from_kafka(pool, &settings).await,
     }
 }
 
-async fn from_log(pool: PgPool) -> anyhow::Result<()> {
+async fn from_log(pool: PgPool, config: WorkerConfig) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut wakeups = Vec::new();
     let mut tasks = Vec::new();
@@ -59,7 +65,7 @@ async fn from_log(pool: PgPool) -> anyhow::Result<()> {
     let notifier = infra::event_store::notify::Notifier::new(pool.clone());
     for projection in projections::all() {
         let name = projection.name();
-        let worker = Worker::register(pool.clone(), projection, WorkerConfig::default())
+        let worker = Worker::register(pool.clone(), projection, config)
             .await
             .with_context(|| format!("failed to start projection {name}"))?
             .notifying_through(&notifier);

@@ -269,6 +269,7 @@ pub fn fast_config() -> WorkerConfig {
         poll_interval: Duration::from_millis(50),
         heartbeat_interval: Duration::from_millis(100),
         max_backoff: Duration::from_millis(200),
+        synchronous_commit: false,
     }
 }
 

@@ -126,6 +126,84 @@ async fn a_worker_killed_mid_batch_and_restarted_ends_with_the_rows_of_an_uninte
     assert_eq!(after_crash.0.len(), 3);
 }
 
+/// Delegates to order details, noting the `synchronous_commit` its batches run with.
+struct NotesCommitMode {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Projection for NotesCommitMode {
+    fn name(&self) -> &'static str {
+        OrderDetailsProjection::NAME
+    }
+    fn version(&self) -> i32 {
+        OrderDetailsProjection.version()
+    }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        OrderDetailsProjection.handles(stored)
+    }
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        let mode: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *conn)
+            .await?;
+        self.seen.lock().expect("not poisoned").push(mode);
+        OrderDetailsProjection.apply(conn, events).await
+    }
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn batches_commit_without_waiting_for_the_wal_flush_unless_configured_to(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    // The server's own setting (on, unless this PostgreSQL is configured otherwise).
+    let server: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut modes = Vec::new();
+    for synchronous_commit in [false, true] {
+        let projection = Arc::new(NotesCommitMode {
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let config = WorkerConfig {
+            synchronous_commit,
+            ..fast_config()
+        };
+        let mut worker = Worker::register(pool.clone(), projection.clone(), config)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while drain(&pool, &mut worker).await == Outcome::Standby {
+            // The previous worker's lease session is still closing.
+            assert!(Instant::now() < deadline, "the lease was never released");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worker.release();
+        // What an asynchronous commit wrote is there for every other session at once.
+        assert!(caught_up(&pool, OrderDetailsProjection::NAME).await);
+        assert_eq!(rows(&pool, "order_details_v1").await.len(), 3);
+        let seen = projection.seen.lock().expect("not poisoned").clone();
+        assert!(seen.len() >= 2, "{seen:?}");
+        modes.push(seen);
+        // The second run starts over.
+        sqlx::query("TRUNCATE order_details_v1, order_payments_v1, order_timeline_v1")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert!(modes[0].iter().all(|mode| mode == "off"), "{modes:?}");
+    assert!(modes[1].iter().all(|mode| *mode == server), "{modes:?}");
+    // The setting was the batch's own: the pool's sessions keep the server's.
+    let after: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(after, server);
+}
+
 /// Records which worker applied which event, in a table without a unique key, so a double
 /// application shows as a duplicate row.
 struct Recording {

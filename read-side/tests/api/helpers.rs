@@ -45,6 +45,7 @@ pub fn worker_config() -> WorkerConfig {
         poll_interval: Duration::from_millis(100),
         heartbeat_interval: Duration::from_millis(200),
         max_backoff: Duration::from_millis(200),
+        synchronous_commit: false,
     }
 }
 

@@ -40,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
     let trigger = Worker::register(
         pool.clone(),
         Arc::new(FulfillmentTrigger::handing_to(runner.handoff())),
-        WorkerConfig::default(),
+        WorkerConfig {
+            synchronous_commit: settings.projector.synchronous_commit,
+            ..WorkerConfig::default()
+        },
     )
     .await
     .context("failed to start the saga trigger")?

@@ -1,5 +1,5 @@
-//! Read-your-writes: waiting until a projection has applied the event a command returned
-//! as its `position` (the consistency token).
+//! Read-your-writes: waiting until a projection has applied the event a command's
+//! consistency token names.
 //!
 //! One watcher per process keeps every projection's checkpoint in a `tokio::sync::watch`
 //! channel, refreshed when a projector notifies `ordo_checkpoints` (right after the commit of
@@ -7,15 +7,15 @@
 //! until its projection's checkpoint passes the token or its deadline expires: no polling
 //! per request.
 //!
-//! Positions are not in commit order, so a token is first located in the log (its
-//! transaction id), and compared with checkpoints in log order.
+//! Positions are not in commit order, so a token is compared with checkpoints in log order:
+//! by the transaction id it carries, or, for a bare position, the one looked up in the log.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use infra::event_store::Checkpoint;
+use infra::event_store::{Checkpoint, ConsistencyToken};
 use infra::projection::CheckpointNotice;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -220,18 +220,24 @@ impl Checkpoints {
         }
     }
 
-    /// Waits (up to `wait`) until `projection` has applied the event at `position`; returns
-    /// where that event is in the log.
+    /// Waits (up to `wait`) until `projection` has applied the token's event; returns where
+    /// that event is in the log. A token that carries its transaction id says where; one
+    /// with the position alone is looked up first. (A client that sends a transaction id of
+    /// its own making only misleads its own reads.)
     pub async fn wait_until_applied(
         &self,
         projection: &'static str,
-        position: i64,
+        token: ConsistencyToken,
         wait: Duration,
     ) -> Result<Checkpoint, ConsistencyError> {
         let deadline = Instant::now() + wait;
-        let target = queries::projections::locate(&self.pool, position)
-            .await?
-            .ok_or(ConsistencyError::UnknownPosition { position })?;
+        let position = token.position;
+        let target = match token.checkpoint() {
+            Some(target) => target,
+            None => queries::projections::locate(&self.pool, position)
+                .await?
+                .ok_or(ConsistencyError::UnknownPosition { position })?,
+        };
         let mut receiver = self.channel(projection).subscribe();
         if receiver.borrow().is_none() {
             self.refresh().await?;

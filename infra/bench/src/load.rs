@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use infra::event_store::Checkpoint;
+use infra::event_store::{Checkpoint, ConsistencyToken};
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -176,7 +176,7 @@ impl Load {
         client: &reqwest::Client,
         write: &str,
         sku: &str,
-    ) -> anyhow::Result<(String, i64)> {
+    ) -> anyhow::Result<(String, String)> {
         let response = client
             .post(format!("{write}/orders"))
             .json(&json!({
@@ -195,10 +195,11 @@ impl Load {
             .as_str()
             .context("no order_id in the response")?
             .to_owned();
-        let position = body["position"]
-            .as_i64()
-            .context("no position in the response")?;
-        Ok((id, position))
+        let token = body["consistency_token"]
+            .as_str()
+            .context("no consistency_token in the response")?
+            .to_owned();
+        Ok((id, token))
     }
 
     /// Waits until the system is idle: no saga has a step due, the log's head has not moved
@@ -452,13 +453,13 @@ impl Load {
                     tokio::time::sleep_until(at).await;
                     let sent = Instant::now();
                     let sku = skus[i as usize % skus.len()].clone();
-                    let (id, position) = Self::place(&client, &write, &sku).await?;
+                    let (id, token) = Self::place(&client, &write, &sku).await?;
                     let acked = Instant::now();
                     let outcome = Outcomes::wait_for(&outcomes, &id);
                     let url = format!("{read}/orders/{id}?wait=10s");
                     let first = client
                         .get(&url)
-                        .header("X-Consistency-Token", position.to_string())
+                        .header("X-Consistency-Token", token)
                         .send()
                         .await?;
                     if first.status() != reqwest::StatusCode::OK {
@@ -468,15 +469,22 @@ impl Load {
                     let confirmed_at =
                         match tokio::time::timeout(Duration::from_secs(30), outcome).await {
                             Ok(Ok(Ok(position))) => position,
-                            Ok(Ok(Err(position))) => {
-                                bail!("order {id} was cancelled (position {position})")
+                            Ok(Ok(Err(at))) => {
+                                bail!("order {id} was cancelled (position {})", at.position)
                             }
                             Ok(Err(_)) => bail!("the log follower stopped"),
                             Err(_) => bail!("order {id} not confirmed after 30 s"),
                         };
                     let read = client
                         .get(&url)
-                        .header("X-Consistency-Token", confirmed_at.to_string())
+                        .header(
+                            "X-Consistency-Token",
+                            ConsistencyToken {
+                                position: confirmed_at.position,
+                                transaction_id: Some(confirmed_at.transaction_id),
+                            }
+                            .to_string(),
+                        )
                         .send()
                         .await?;
                     if read.status() != reqwest::StatusCode::OK {
@@ -523,7 +531,7 @@ impl Load {
             self.settle(s.settle_timeout).await?;
         }
         let mut saga_note = format!(
-            "offered {:.0} orders/s for {:.1} s; POST -> `confirmed` read from the query API with the position of OrderConfirmed as consistency token",
+            "offered {:.0} orders/s for {:.1} s; POST -> `confirmed` read from the query API with the place of OrderConfirmed in the log as consistency token",
             s.saga_rate, s.saga_seconds
         );
         if let Some(e) = error_note(failures, &first_failure) {
@@ -689,19 +697,19 @@ pub fn peak_rss(services: &[(String, u32)]) -> anyhow::Result<Vec<Row>> {
         .collect()
 }
 
-/// What the log follower saw of each order: the position of its `OrderConfirmed` (`Ok`) or
-/// `OrderCancelled` (`Err`), and the clients waiting for one.
+/// What the log follower saw of each order: where its `OrderConfirmed` (`Ok`) or
+/// `OrderCancelled` (`Err`) is in the log, and the clients waiting for one.
 #[derive(Default)]
 struct Outcomes {
-    seen: HashMap<String, Result<i64, i64>>,
-    waiting: HashMap<String, oneshot::Sender<Result<i64, i64>>>,
+    seen: HashMap<String, Result<Checkpoint, Checkpoint>>,
+    waiting: HashMap<String, oneshot::Sender<Result<Checkpoint, Checkpoint>>>,
 }
 
 impl Outcomes {
     fn wait_for(
         outcomes: &std::sync::Mutex<Self>,
         order_id: &str,
-    ) -> oneshot::Receiver<Result<i64, i64>> {
+    ) -> oneshot::Receiver<Result<Checkpoint, Checkpoint>> {
         let (sender, receiver) = oneshot::channel();
         let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
         match outcomes.seen.remove(order_id) {
@@ -715,7 +723,7 @@ impl Outcomes {
         receiver
     }
 
-    fn saw(&mut self, order_id: &str, outcome: Result<i64, i64>) {
+    fn saw(&mut self, order_id: &str, outcome: Result<Checkpoint, Checkpoint>) {
         match self.waiting.remove(order_id) {
             Some(sender) => {
                 let _ = sender.send(outcome);
@@ -758,10 +766,10 @@ async fn follow_outcomes(
         for event in &events {
             match (event.aggregate_type.as_str(), event.event_type.as_str()) {
                 ("order", "OrderConfirmed") => {
-                    outcomes.saw(&event.aggregate_id, Ok(event.position))
+                    outcomes.saw(&event.aggregate_id, Ok(event.checkpoint()))
                 }
                 ("order", "OrderCancelled") => {
-                    outcomes.saw(&event.aggregate_id, Err(event.position))
+                    outcomes.saw(&event.aggregate_id, Err(event.checkpoint()))
                 }
                 _ => {}
             }

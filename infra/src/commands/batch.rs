@@ -274,6 +274,8 @@ where
             .filter(|&index| !plans[index].events.is_empty())
             .collect();
         let mut positions: Vec<Option<i64>> = plans.iter().map(|_| None).collect();
+        // The one transaction this batch appends in.
+        let mut transaction_id = None;
         if !appending.is_empty() {
             let parts: Vec<StreamAppend<'_, A::Event>> = appending
                 .iter()
@@ -288,6 +290,7 @@ where
                 Ok(appended) => {
                     for (&index, appended) in appending.iter().zip(appended) {
                         positions[index] = Some(appended.last_position);
+                        transaction_id = Some(appended.transaction_id);
                     }
                 }
                 Err(AppendError::Conflict { .. }) => {
@@ -300,18 +303,21 @@ where
             .iter()
             .enumerate()
             .map(|(index, plan)| {
-                let position = if plan.events.is_empty() {
+                // A no-op after an earlier command of this batch points at its event, which
+                // this transaction appended.
+                let (position, appended_here) = if plan.events.is_empty() {
                     match plan.no_op_position {
-                        Ok(position) => position,
-                        Err(earlier) => positions[earlier],
+                        Ok(position) => (position, false),
+                        Err(earlier) => (positions[earlier], true),
                     }
                 } else {
-                    positions[index]
+                    (positions[index], true)
                 };
                 Committed {
                     aggregate_id: batch[plan.request].aggregate_id.clone(),
                     version: plan.base_version + plan.events.len() as u64,
                     position,
+                    transaction_id: transaction_id.filter(|_| appended_here && position.is_some()),
                     appended: plan.events.len(),
                     replayed: false,
                 }
@@ -657,22 +663,27 @@ async fn record_keys<'k>(
     let mut keys = Vec::new();
     let mut versions = Vec::new();
     let mut positions = Vec::new();
+    let mut transactions = Vec::new();
     for (key, committed) in outcomes {
         keys.push(key.key());
         versions.push(i64::try_from(committed.version).unwrap_or(i64::MAX));
         positions.push(committed.position);
+        transactions.push(committed.transaction_id.map(|id| id.to_string()));
     }
     if keys.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "UPDATE idempotency_keys k SET version = o.version, position = o.position
-           FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS o(key, version, position)
+        "UPDATE idempotency_keys k
+            SET version = o.version, position = o.position, transaction_id = o.transaction_id::xid8
+           FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[])
+                AS o(key, version, position, transaction_id)
           WHERE k.idempotency_key = o.key",
     )
     .bind(&keys)
     .bind(&versions)
     .bind(&positions)
+    .bind(&transactions)
     .execute(conn)
     .await?;
     Ok(())

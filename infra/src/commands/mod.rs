@@ -30,7 +30,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::event_store::notify::AppendNotifier;
 use crate::event_store::stream::{self, AppendError, SnapshotPolicy};
-use crate::event_store::{EventMetadata, StoreError, StreamId, is_lock_timeout};
+use crate::event_store::{ConsistencyToken, EventMetadata, StoreError, StreamId, is_lock_timeout};
 use crate::keyed_lock::KeyedLocks;
 
 /// The version a caller expects the aggregate to be at (from `If-Match`).
@@ -113,10 +113,24 @@ pub struct Committed {
     /// Global position of the aggregate's latest event: the consistency token a reader can
     /// wait for. `None` only for an aggregate that still has no events.
     pub position: Option<i64>,
+    /// The transaction that appended the event at `position`, when this execution did (not
+    /// for a no-op or a replay): with it, `token()` tells a reader where the event is in the
+    /// log without a lookup.
+    pub transaction_id: Option<u64>,
     /// Events this execution appended; 0 for a no-op and for a replay.
     pub appended: usize,
     /// True when an earlier request with the same idempotency key did the work.
     pub replayed: bool,
+}
+
+impl Committed {
+    /// The consistency token a reader sends to read this write, if the aggregate has events.
+    pub fn token(&self) -> Option<ConsistencyToken> {
+        self.position.map(|position| ConsistencyToken {
+            position,
+            transaction_id: self.transaction_id,
+        })
+    }
 }
 
 /// A command's outcome with the events its execution appended.
@@ -587,7 +601,7 @@ where
             }
             break ((loaded.version, loaded.last_position), aggregate, events);
         };
-        let (version, position) = if events.is_empty() {
+        let (version, position, transaction_id) = if events.is_empty() {
             let position = match loaded_position {
                 Some(position) => Some(position),
                 None if loaded_version == 0 => None,
@@ -599,7 +613,7 @@ where
                     }
                 }
             };
-            (loaded_version, position)
+            (loaded_version, position, None)
         } else {
             let mut metadata = options.metadata.clone();
             if let Some(idempotency) = &options.idempotency {
@@ -607,7 +621,11 @@ where
             }
             match stream::append::<A>(conn, aggregate_id, loaded_version, &events, &metadata).await
             {
-                Ok(appended) => (appended.version, Some(appended.last_position)),
+                Ok(appended) => (
+                    appended.version,
+                    Some(appended.last_position),
+                    Some(appended.transaction_id),
+                ),
                 Err(AppendError::Conflict { .. }) => return Attempt::Conflict,
                 Err(AppendError::Store(err)) => return Attempt::Failed(err.into()),
             }
@@ -623,6 +641,7 @@ where
             aggregate_id: aggregate_id.to_owned(),
             version,
             position,
+            transaction_id,
             appended: events.len(),
             replayed: false,
         };
@@ -707,7 +726,8 @@ async fn claim_key(
         Err(err) => return Err(store_error(err)),
     }
     let row = sqlx::query(
-        "SELECT request_hash, aggregate_id, version, position
+        "SELECT request_hash, aggregate_id, version, position,
+                transaction_id::text AS transaction_id
            FROM idempotency_keys WHERE idempotency_key = $1",
     )
     .bind(&idempotency.key)
@@ -731,6 +751,10 @@ async fn claim_key(
         aggregate_id: row.try_get("aggregate_id").map_err(store_error)?,
         version: u64::try_from(version).unwrap_or(0),
         position: row.try_get("position").map_err(store_error)?,
+        transaction_id: row
+            .try_get::<Option<String>, _>("transaction_id")
+            .map_err(store_error)?
+            .and_then(|id| id.parse().ok()),
         appended: 0,
         replayed: true,
     }))
@@ -743,11 +767,13 @@ async fn record_key(
     committed: &Committed,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE idempotency_keys SET version = $2, position = $3 WHERE idempotency_key = $1",
+        "UPDATE idempotency_keys SET version = $2, position = $3, transaction_id = $4::text::xid8
+          WHERE idempotency_key = $1",
     )
     .bind(&idempotency.key)
     .bind(i64::try_from(committed.version).unwrap_or(i64::MAX))
     .bind(committed.position)
+    .bind(committed.transaction_id.map(|id| id.to_string()))
     .execute(conn)
     .await
     .map_err(|source| StoreError::Idempotency {

@@ -40,6 +40,63 @@ impl Checkpoint {
     };
 }
 
+/// What a client sends back to read its own write (`X-Consistency-Token`): the position of
+/// the event it waits for and, when the writer knew it, the transaction that appended it,
+/// which is the event's place in log order, so the reader need not look it up. Written
+/// `<position>` or `<position>.<transaction id>`; commands answer with the second form when
+/// they appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsistencyToken {
+    pub position: i64,
+    pub transaction_id: Option<u64>,
+}
+
+impl ConsistencyToken {
+    /// The event's place in the log, when the token carries it.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        self.transaction_id.map(|transaction_id| Checkpoint {
+            transaction_id,
+            position: self.position,
+        })
+    }
+}
+
+impl std::fmt::Display for ConsistencyToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.transaction_id {
+            Some(transaction_id) => write!(f, "{}.{transaction_id}", self.position),
+            None => write!(f, "{}", self.position),
+        }
+    }
+}
+
+/// A token that is not `<position>` or `<position>.<transaction id>` (positive integers).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a consistency token is `<position>` or `<position>.<transaction id>`, positive integers")]
+pub struct InvalidToken;
+
+impl std::str::FromStr for ConsistencyToken {
+    type Err = InvalidToken;
+
+    fn from_str(text: &str) -> Result<Self, InvalidToken> {
+        let number = |part: &str| {
+            (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u64>().ok())
+                .flatten()
+                .filter(|n| *n > 0)
+                .ok_or(InvalidToken)
+        };
+        let (position, transaction_id) = match text.split_once('.') {
+            Some((position, transaction_id)) => (position, Some(number(transaction_id)?)),
+            None => (text, None),
+        };
+        Ok(Self {
+            position: i64::try_from(number(position)?).map_err(|_| InvalidToken)?,
+            transaction_id,
+        })
+    }
+}
+
 /// One event as stored, with everything the global log knows about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
@@ -290,5 +347,56 @@ impl EventLog {
             .await
             .map_err(StoreError::ReadLog)?;
         decode_rows(&rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consistency_token_reads_back_what_it_says() {
+        let full = ConsistencyToken {
+            position: 1043,
+            transaction_id: Some(18_446_744_073_709_551_000),
+        };
+        assert_eq!(full.to_string(), "1043.18446744073709551000");
+        assert_eq!("1043.18446744073709551000".parse(), Ok(full));
+        assert_eq!(
+            full.checkpoint(),
+            Some(Checkpoint {
+                transaction_id: 18_446_744_073_709_551_000,
+                position: 1043
+            })
+        );
+        let bare = ConsistencyToken {
+            position: 7,
+            transaction_id: None,
+        };
+        assert_eq!(bare.to_string(), "7");
+        assert_eq!("7".parse(), Ok(bare));
+        assert_eq!(bare.checkpoint(), None);
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.",
+            ".1",
+            "1.0",
+            "1.2.3",
+            "1.x",
+            "x",
+            " 1",
+            "1e3",
+            "9223372036854775808",
+            "1.18446744073709551616",
+        ] {
+            assert_eq!(
+                bad.parse::<ConsistencyToken>(),
+                Err(InvalidToken),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use log::{Checkpoint, EventLog, StoredEvent};
+pub use log::{Checkpoint, ConsistencyToken, EventLog, StoredEvent};
 
 /// Facts about why an event was written, stored beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

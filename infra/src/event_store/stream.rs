@@ -230,6 +230,8 @@ pub struct Appended {
     pub version: u64,
     /// The global position of the last event appended.
     pub last_position: i64,
+    /// The transaction that appended it (with the position, its place in the log).
+    pub transaction_id: u64,
 }
 
 /// Why an append did not happen.
@@ -327,7 +329,7 @@ pub async fn append_many<A: Aggregate>(
                        $7::jsonb[], $8::uuid[], $9::uuid[], $10::text[])
                 AS e(aggregate_id, sequence, event_type, event_version, payload, metadata,
                      correlation_id, causation_id, idempotency_key)
-         RETURNING aggregate_id, sequence, position",
+         RETURNING aggregate_id, sequence, position, transaction_id::text AS transaction_id",
     )
     .bind(A::TYPE)
     .bind(&ids)
@@ -357,6 +359,8 @@ pub async fn append_many<A: Aggregate>(
         }
     };
     let mut positions = HashMap::with_capacity(rows.len());
+    // One statement, one transaction: every row has the same.
+    let mut transaction_id = 0;
     for row in rows {
         let decode = |source| StoreError::Append {
             stream: first_stream(),
@@ -365,6 +369,11 @@ pub async fn append_many<A: Aggregate>(
         let id: String = row.try_get("aggregate_id").map_err(decode)?;
         let sequence: i64 = row.try_get("sequence").map_err(decode)?;
         let position: i64 = row.try_get("position").map_err(decode)?;
+        let transaction: String = row.try_get("transaction_id").map_err(decode)?;
+        transaction_id = transaction.parse().map_err(|_| StoreError::Append {
+            stream: first_stream(),
+            source: sqlx::Error::Decode(format!("transaction id {transaction:?}").into()),
+        })?;
         positions.insert((id, sequence), position);
     }
     appends
@@ -386,6 +395,7 @@ pub async fn append_many<A: Aggregate>(
             Ok(Appended {
                 version,
                 last_position,
+                transaction_id,
             })
         })
         .collect()

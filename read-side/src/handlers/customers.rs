@@ -48,7 +48,7 @@ const CURSOR_KIND: &str = "placed";
         ("id" = String, Path, description = "The customer id"),
         ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("X-Consistency-Token" = Option<i64>, Header, description = "A `position` from the command API"),
+        ("X-Consistency-Token" = Option<String>, Header, description = "The `consistency_token` (or the `position`) a command returned"),
         ("wait" = Option<String>, Query, description = "How long to wait for the token"),
     ),
     responses(

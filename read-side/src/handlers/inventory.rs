@@ -69,7 +69,7 @@ const CURSOR_KIND: &str = "sku";
 #[utoipa::path(get, path = "/inventory/{sku}", tag = "inventory",
     params(
         ("sku" = String, Path, description = "The SKU"),
-        ("X-Consistency-Token" = Option<i64>, Header, description = "A `position` from the command API"),
+        ("X-Consistency-Token" = Option<String>, Header, description = "The `consistency_token` (or the `position`) a command returned"),
         ("wait" = Option<String>, Query, description = "How long to wait for the token"),
     ),
     responses(
@@ -105,7 +105,7 @@ pub async fn get_item(
     params(
         ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("X-Consistency-Token" = Option<i64>, Header, description = "A `position` from the command API"),
+        ("X-Consistency-Token" = Option<String>, Header, description = "The `consistency_token` (or the `position`) a command returned"),
         ("wait" = Option<String>, Query, description = "How long to wait for the token"),
     ),
     responses(

@@ -129,7 +129,7 @@ impl OrderView {
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
     params(
         ("id" = String, Path, description = "The order id"),
-        ("X-Consistency-Token" = Option<i64>, Header, description = "A `position` from the command API: answer only once it is applied"),
+        ("X-Consistency-Token" = Option<String>, Header, description = "The `consistency_token` (or the `position`) a command returned: answer only once it is applied"),
         ("wait" = Option<String>, Query, description = "How long to wait for the token: `500ms`, `2s` (default 2s, at most 10s)"),
         ("Cache-Control" = Option<String>, Header, description = "`no-cache`: answer from the database, not from the query API's order cache"),
     ),

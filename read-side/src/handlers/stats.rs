@@ -67,7 +67,7 @@ fn date(name: &str, value: &str) -> Result<NaiveDate, FieldError> {
     params(
         ("from" = String, Query, description = "First day, e.g. 2026-11-01"),
         ("to" = String, Query, description = "Last day, included; at most 366 days after `from`"),
-        ("X-Consistency-Token" = Option<i64>, Header, description = "A `position` from the command API"),
+        ("X-Consistency-Token" = Option<String>, Header, description = "The `consistency_token` (or the `position`) a command returned"),
         ("wait" = Option<String>, Query, description = "How long to wait for the token"),
     ),
     responses(

@@ -21,8 +21,8 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "Ordo query API",
-        description = "Read models kept by the projections. Send the `position` a command returned \
-            as `X-Consistency-Token` to read your own write: the query waits (up to `?wait=`, \
+        description = "Read models kept by the projections. Send the `consistency_token` (or the \
+            `position`) a command returned as `X-Consistency-Token` to read your own write: the query waits (up to `?wait=`, \
             default 2s, at most 10s) until the read model has applied it, or answers 503. Every \
             answer has an `ETag`; `If-None-Match` gets 304. Errors are \
             `application/problem+json` with a stable `code`.",

@@ -8,7 +8,7 @@ use axum::http::Uri;
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use infra::event_store::Checkpoint;
+use infra::event_store::{Checkpoint, ConsistencyToken};
 use serde::de::DeserializeOwned;
 
 use super::error::{FieldError, QueryError};
@@ -97,12 +97,12 @@ pub fn wait(value: Option<&str>) -> Result<Duration, FieldError> {
     Ok(duration)
 }
 
-/// Read-your-writes: `X-Consistency-Token: <position>` (the `position` a command returned)
-/// and `?wait=`. The handler calls `ensure` with the projection it reads from.
+/// Read-your-writes: `X-Consistency-Token` (the `consistency_token` a command returned,
+/// `<position>.<transaction id>`, or its `position`) and `?wait=`. The handler calls `ensure` with the projection it reads from.
 /// `Cache-Control: no-cache` asks for an answer from the database, not from memory.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAfter {
-    pub token: Option<i64>,
+    pub token: Option<ConsistencyToken>,
     pub wait: Duration,
     pub no_cache: bool,
 }
@@ -137,10 +137,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadAfter {
                     .to_str()
                     .ok()
                     .map(|text| text.trim().trim_matches('"'))
-                    .and_then(|text| text.parse::<i64>().ok())
-                    .filter(|position| *position > 0)
+                    .and_then(|text| text.parse::<ConsistencyToken>().ok())
                     .ok_or_else(|| QueryError::InvalidConsistencyToken {
-                        detail: "send the `position` a command returned, a positive integer"
+                        detail: "send the `consistency_token` (or the `position`) a command \
+                                 returned: `<position>` or `<position>.<transaction id>`, \
+                                 positive integers"
                             .to_owned(),
                     })?,
             ),

@@ -31,10 +31,25 @@ async fn a_query_with_a_token_returns_the_write_it_names(pool: PgPool) {
         let written = system
             .command("/inventory/MUG/restock", &json!({"quantity": units}))
             .await;
-        let token = written["position"].as_i64().unwrap();
+        let position = written["position"].as_i64().unwrap();
+        // The token says where the event is in the log: its position and transaction.
+        let token = written["consistency_token"].as_str().unwrap().to_owned();
+        let transaction_id: String =
+            sqlx::query_scalar("SELECT transaction_id::text FROM events WHERE position = $1")
+                .bind(position)
+                .fetch_one(&system.pool)
+                .await
+                .unwrap();
+        assert_eq!(token, format!("{position}.{transaction_id}"));
+        // Either form reads the write: the token, or the bare position (looked up).
+        let sent = if units % 2 == 0 {
+            position.to_string()
+        } else {
+            token
+        };
         let response = system
             .get_with("/inventory/MUG?wait=10s")
-            .header("x-consistency-token", token.to_string())
+            .header("x-consistency-token", sent)
             .send()
             .await
             .unwrap();
@@ -44,7 +59,7 @@ async fn a_query_with_a_token_returns_the_write_it_names(pool: PgPool) {
             item["version"], written["version"],
             "the read reflects the write"
         );
-        assert!(item["last_position"].as_i64().unwrap() >= token);
+        assert!(item["last_position"].as_i64().unwrap() >= position);
     }
     let order_id = system.place(CUSTOMER, &[("MUG", 1)]).await;
     let placed = system.get_json("/projections").await["head_position"]
@@ -103,7 +118,10 @@ async fn a_token_the_projection_has_not_reached_is_a_503_saying_by_how_much(pool
         .await;
     let response = system
         .get_with("/inventory/MUG?wait=100ms")
-        .header("x-consistency-token", written["position"].to_string())
+        .header(
+            "x-consistency-token",
+            written["consistency_token"].as_str().unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -165,7 +183,7 @@ async fn a_token_a_halted_projection_cannot_reach_is_a_503_at_once(pool: PgPool)
 async fn invalid_tokens_and_waits_are_bad_requests(pool: PgPool) {
     let system = System::spawn(pool).await;
     system.register("MUG", 1250, 10).await;
-    for token in ["abc", "-3", "0"] {
+    for token in ["abc", "-3", "0", "1.", ".1", "1.0", "1.x", "1.2.3"] {
         let response = system
             .get_with("/inventory/MUG")
             .header("x-consistency-token", token)

@@ -23,8 +23,8 @@ use crate::state::AppState;
     info(
         title = "Ordo command API",
         description = "Commands for inventory items and orders. Every success returns the aggregate's \
-            new `version` (also its `ETag`) and `position`, the consistency token the query API \
-            accepts. Every error is `application/problem+json` with a stable `code`. Every POST \
+            new `version` (also its `ETag`), the `position` of its latest event and a \
+            `consistency_token` the query API accepts to read the write. Every error is `application/problem+json` with a stable `code`. Every POST \
             accepts an `Idempotency-Key`.",
     ),
     tags(

@@ -1,5 +1,6 @@
-//! Success responses of commands: the aggregate id, its new version and the position of its
-//! latest event (the consistency token the query API accepts), with an `ETag` of the version.
+//! Success responses of commands: the aggregate id, its new version, the position of its
+//! latest event and the consistency token the query API accepts, with an `ETag` of the
+//! version.
 
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -20,10 +21,14 @@ pub struct ItemAccepted {
     /// The item's version after the command; also its `ETag`.
     #[schema(example = 2)]
     pub version: u64,
-    /// Global position of the item's latest event: send it as `X-Consistency-Token` to read
-    /// your write from the query API.
+    /// Global position of the item's latest event.
     #[schema(example = 1042)]
     pub position: Option<i64>,
+    /// Send it as `X-Consistency-Token` to read your write from the query API:
+    /// `<position>.<transaction id>` when this request appended (the query API then knows
+    /// where the event is in the log without looking it up), else the position.
+    #[schema(example = "1042.771093")]
+    pub consistency_token: Option<String>,
 }
 
 /// An order command took effect.
@@ -34,10 +39,14 @@ pub struct OrderAccepted {
     /// The order's version after the command; also its `ETag`.
     #[schema(example = 1)]
     pub version: u64,
-    /// Global position of the order's latest event: send it as `X-Consistency-Token` to
-    /// read your write from the query API.
+    /// Global position of the order's latest event.
     #[schema(example = 1043)]
     pub position: Option<i64>,
+    /// Send it as `X-Consistency-Token` to read your write from the query API:
+    /// `<position>.<transaction id>` when this request appended (the query API then knows
+    /// where the event is in the log without looking it up), else the position.
+    #[schema(example = "1043.771094")]
+    pub consistency_token: Option<String>,
 }
 
 /// A command's HTTP response: status, JSON body and headers.
@@ -60,6 +69,7 @@ impl Accepted<ItemAccepted> {
             location,
             replayed: committed.replayed,
             body: ItemAccepted {
+                consistency_token: committed.token().map(|token| token.to_string()),
                 sku: committed.aggregate_id,
                 version: committed.version,
                 position: committed.position,
@@ -78,6 +88,7 @@ impl Accepted<OrderAccepted> {
             location,
             replayed: committed.replayed,
             body: OrderAccepted {
+                consistency_token: committed.token().map(|token| token.to_string()),
                 order_id: committed.aggregate_id,
                 version: committed.version,
                 position: committed.position,

@@ -33,6 +33,14 @@ async fn a_retried_request_replays_the_first_response(pool: PgPool) {
     );
     let second: Value = second.json().await.unwrap();
     assert_eq!(second, first);
+    // The replayed consistency token is the first one: the event's position and transaction.
+    let (position, transaction) = second["consistency_token"]
+        .as_str()
+        .unwrap()
+        .split_once('.')
+        .unwrap();
+    assert_eq!(position, first["position"].to_string());
+    assert!(transaction.parse::<u64>().unwrap() > 0);
     assert_eq!(app.event_count("order").await, 1);
 }
 

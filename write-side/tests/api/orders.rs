@@ -92,7 +92,11 @@ async fn cancelling_an_order_records_the_reason_and_is_idempotent(pool: PgPool) 
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let second: Value = response.json().await.unwrap();
-    assert_eq!(second, first);
+    for field in ["order_id", "version", "position"] {
+        assert_eq!(second[field], first[field], "{field}");
+    }
+    // It appended nothing, so its token is the bare position (the query API looks it up).
+    assert_eq!(second["consistency_token"], first["position"].to_string());
     assert_eq!(app.event_count("order").await, 2);
 }
 
@@ -147,10 +151,22 @@ async fn shipping_needs_a_confirmed_order_and_then_forbids_cancelling(pool: PgPo
     let response = app.post(&ship).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(etag(&response), "\"4\"");
+    let shipped: Value = response.json().await.unwrap();
     // An explicit empty object is accepted too, and shipping twice is a no-op.
     let response = app.post_json(&ship, &json!({})).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(etag(&response), "\"4\"");
+    // The no-op appended nothing: its token is the shipment's position, bare (the query API
+    // looks it up), where the shipment's own also carried its transaction.
+    let again: Value = response.json().await.unwrap();
+    assert_eq!(again["position"], shipped["position"]);
+    assert_eq!(again["consistency_token"], shipped["position"].to_string());
+    assert!(
+        shipped["consistency_token"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}.", shipped["position"]))
+    );
 
     let response = app
         .post_json(

@@ -315,6 +315,23 @@ pub async fn caught_up(pool: &PgPool, name: &str) -> bool {
 }
 
 /// Every row of `table` as JSON, in a stable order, for whole-table comparisons.
+/// Moves every projection back to the start of the log (its rows stay).
+pub async fn rewind(pool: &PgPool) {
+    sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
+        .execute(pool)
+        .await
+        .expect("rewind the projections");
+}
+
+/// Empties order details' tables and moves every projection back to the start of the log.
+pub async fn start_order_details_over(pool: &PgPool) {
+    sqlx::query("TRUNCATE order_details_v1, order_payments_v1, order_timeline_v1")
+        .execute(pool)
+        .await
+        .expect("empty order details");
+    rewind(pool).await;
+}
+
 pub async fn rows(pool: &PgPool, table: &str) -> Vec<serde_json::Value> {
     let sql = format!("SELECT to_jsonb(t) AS row FROM {table} t ORDER BY to_jsonb(t)::text");
     sqlx::query_scalar(&sql)

@@ -10,7 +10,7 @@ use projections::sales_daily::SalesDailyProjection;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{Shop, drain, order_id, rows, worker};
+use crate::helpers::{Shop, drain, order_id, rewind, rows, worker};
 
 const TABLES: [&str; 9] = [
     "inventory_v1",
@@ -199,10 +199,7 @@ async fn replaying_the_log_over_existing_rows_changes_nothing(pool: PgPool) {
     Shop::new(&pool).history().await;
     build_all(&pool).await;
     let before = snapshot(&pool).await;
-    sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
-        .execute(&pool)
-        .await
-        .unwrap();
+    rewind(&pool).await;
     build_all(&pool).await;
     assert_eq!(snapshot(&pool).await, before);
 }
@@ -221,10 +218,7 @@ async fn a_build_from_scratch_reproduces_every_row(pool: PgPool) {
             .await
             .unwrap();
     }
-    sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
-        .execute(&pool)
-        .await
-        .unwrap();
+    rewind(&pool).await;
     build_all(&pool).await;
     assert_eq!(snapshot(&pool).await, before);
 }

@@ -16,7 +16,9 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 
-use crate::helpers::{Shop, caught_up, drain, fast_config, qty, rows, worker};
+use crate::helpers::{
+    Shop, caught_up, drain, fast_config, qty, rows, start_order_details_over, worker,
+};
 
 /// A pool of its own, standing for another process: closing it is that process dying.
 async fn process_pool(pool: &PgPool) -> PgPool {
@@ -34,6 +36,21 @@ async fn wait_until_caught_up(pool: &PgPool, name: &str) {
     }
 }
 
+/// The name, version and filter of order details, for the projections below that wrap it.
+macro_rules! as_order_details {
+    () => {
+        fn name(&self) -> &'static str {
+            OrderDetailsProjection::NAME
+        }
+        fn version(&self) -> i32 {
+            OrderDetailsProjection.version()
+        }
+        fn handles(&self, stored: &StoredEvent) -> bool {
+            OrderDetailsProjection.handles(stored)
+        }
+    };
+}
+
 /// Delegates to order details, but stops forever inside the `stop_at`-th event it applies,
 /// with the batch's transaction open: the moment a crash hurts most.
 struct StopsMidBatch {
@@ -44,15 +61,7 @@ struct StopsMidBatch {
 
 #[async_trait]
 impl Projection for StopsMidBatch {
-    fn name(&self) -> &'static str {
-        OrderDetailsProjection::NAME
-    }
-    fn version(&self) -> i32 {
-        OrderDetailsProjection.version()
-    }
-    fn handles(&self, stored: &StoredEvent) -> bool {
-        OrderDetailsProjection.handles(stored)
-    }
+    as_order_details!();
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
         OrderDetailsProjection.apply(conn, events).await?;
         let before = self
@@ -105,14 +114,7 @@ async fn a_worker_killed_mid_batch_and_restarted_ends_with_the_rows_of_an_uninte
     );
 
     // The reference: the same projection built in one uninterrupted run.
-    sqlx::query("TRUNCATE order_details_v1, order_payments_v1, order_timeline_v1")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
-        .execute(&pool)
-        .await
-        .unwrap();
+    start_order_details_over(&pool).await;
     restarted.release();
     let mut clean = worker(&pool, Arc::new(OrderDetailsProjection)).await;
     while drain(&pool, &mut clean).await == Outcome::Standby {
@@ -133,15 +135,7 @@ struct NotesCommitMode {
 
 #[async_trait]
 impl Projection for NotesCommitMode {
-    fn name(&self) -> &'static str {
-        OrderDetailsProjection::NAME
-    }
-    fn version(&self) -> i32 {
-        OrderDetailsProjection.version()
-    }
-    fn handles(&self, stored: &StoredEvent) -> bool {
-        OrderDetailsProjection.handles(stored)
-    }
+    as_order_details!();
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
         let mode: String = sqlx::query_scalar("SHOW synchronous_commit")
             .fetch_one(&mut *conn)
@@ -185,14 +179,7 @@ async fn batches_commit_without_waiting_for_the_wal_flush_unless_configured_to(p
         assert!(seen.len() >= 2, "{seen:?}");
         modes.push(seen);
         // The second run starts over.
-        sqlx::query("TRUNCATE order_details_v1, order_payments_v1, order_timeline_v1")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
-            .execute(&pool)
-            .await
-            .unwrap();
+        start_order_details_over(&pool).await;
     }
     assert!(modes[0].iter().all(|mode| mode == "off"), "{modes:?}");
     assert!(modes[1].iter().all(|mode| *mode == server), "{modes:?}");

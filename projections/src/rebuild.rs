@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use infra::event_store::{Checkpoint, StoreError, StoredEvent, log};
-use infra::projection::events::decode;
+use infra::projection::events::{DomainEvent, decode, decode_text};
 use infra::projection::{ApplyError, Decoded, Projection, Table};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
@@ -235,20 +235,46 @@ pub async fn apply_batch(
     apply_events(conn, projection, checkpoint, events).await
 }
 
+/// An event read for a rebuild, with its payload decoded when it is of a type read (from
+/// the payload's JSON text: no `serde_json::Value` per event). The event's own `payload`
+/// is `Null` then; no projection reads it.
+type Read = (StoredEvent, Option<Result<DomainEvent, serde_json::Error>>);
+
 /// Up to `limit` settled events after `checkpoint`, with payloads only for `types` (all
-/// when `None`). Settled events never change, so this may run on any connection, ahead of
-/// the transaction that applies them.
+/// when `None`), decoded. Settled events never change, so this may run on any connection,
+/// ahead of the transaction that applies them.
 async fn read_batch<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     types: Option<&[&str]>,
     checkpoint: Checkpoint,
     limit: u32,
-) -> Result<Vec<infra::event_store::StoredEvent>, RebuildError> {
+) -> Result<Vec<Read>, RebuildError> {
     match types {
-        Some(types) => log::read_after_lean(executor, checkpoint, limit, types).await,
-        None => log::read_after(executor, checkpoint, limit).await,
+        Some(types) => {
+            log::read_after_decoding(executor, checkpoint, limit, types, decode_text).await
+        }
+        None => log::read_after(executor, checkpoint, limit)
+            .await
+            .map(|events| {
+                events
+                    .into_iter()
+                    .map(|stored| {
+                        let event = decode(&stored);
+                        (stored, Some(event))
+                    })
+                    .collect()
+            }),
     }
     .map_err(RebuildError::ReadLog)
+}
+
+/// What an event read for a rebuild decodes to: an event of a type not read has no payload,
+/// and fails like any undecodable one if a projection handles it after all.
+fn decode_read(
+    stored: &StoredEvent,
+    read: Option<Result<DomainEvent, serde_json::Error>>,
+) -> Result<DomainEvent, serde_json::Error> {
+    read.unwrap_or_else(|| decode(stored))
 }
 
 /// Applies `events` (read after `checkpoint`) in the caller's transaction. Returns how many
@@ -257,19 +283,19 @@ async fn apply_events(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     checkpoint: Checkpoint,
-    events: Vec<infra::event_store::StoredEvent>,
+    events: Vec<Read>,
 ) -> Result<(usize, Checkpoint), RebuildError> {
-    let Some(last) = events.last().map(|e| e.checkpoint()) else {
+    let Some(last) = events.last().map(|(e, _)| e.checkpoint()) else {
         return Ok((0, checkpoint));
     };
     let read = events.len();
     let mut decoded = Vec::with_capacity(read);
     // Moved, not cloned: no deep copy of every payload.
-    for stored in events {
+    for (stored, read) in events {
         if !projection.handles(&stored) {
             continue;
         }
-        let event = decode(&stored).map_err(|err| RebuildError::Poison {
+        let event = decode_read(&stored, read).map_err(|err| RebuildError::Poison {
             event_id: stored.event_id,
             position: stored.position,
             source: ApplyError::Decode(err),
@@ -299,7 +325,7 @@ fn read_ahead(
     types: Option<Arc<[&'static str]>>,
     checkpoint: Checkpoint,
     limit: u32,
-) -> tokio::task::JoinHandle<Result<Vec<infra::event_store::StoredEvent>, RebuildError>> {
+) -> tokio::task::JoinHandle<Result<Vec<Read>, RebuildError>> {
     let pool = pool.clone();
     tokio::spawn(async move { read_batch(&pool, types.as_deref(), checkpoint, limit).await })
 }
@@ -636,7 +662,7 @@ async fn build(
                 break;
             }
         };
-        let Some(last) = events.last().map(|e| e.checkpoint()) else {
+        let Some(last) = events.last().map(|(e, _)| e.checkpoint()) else {
             // Nothing settled is left; wait briefly for transactions still open elsewhere.
             match events_after(pool, checkpoint).await {
                 Ok(false) => break,
@@ -691,10 +717,10 @@ async fn build(
 /// Splits a batch between the targets: each gets the events after its own checkpoint,
 /// decoded where it handles them. An event is decoded once; the targets that handle it share it
 /// (the decoded form is cloned for all but the last).
-fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target)]) -> Vec<Part> {
+fn distribute(events: Vec<Read>, active: &[(usize, Target)]) -> Vec<Part> {
     let mut parts: Vec<Part> = active.iter().map(|_| Part::default()).collect();
     let mut handlers: Vec<usize> = Vec::with_capacity(active.len());
-    for stored in events {
+    for (stored, read) in events {
         let at = stored.checkpoint();
         handlers.clear();
         for (i, (_, target)) in active.iter().enumerate() {
@@ -712,7 +738,7 @@ fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target)]) -> Vec<Part>
             continue;
         };
         let stored = Arc::new(stored);
-        match decode(&stored) {
+        match decode_read(&stored, read) {
             Ok(event) => {
                 for &i in others {
                     parts[i].decoded.push(Decoded {
@@ -722,12 +748,13 @@ fn distribute(events: Vec<StoredEvent>, active: &[(usize, Target)]) -> Vec<Part>
                 }
                 parts[last].decoded.push(Decoded { stored, event });
             }
-            Err(_) => {
+            Err(err) => {
+                let reason = err.to_string();
                 for &i in &handlers {
-                    parts[i].poison = decode(&stored).err().map(|err| RebuildError::Poison {
+                    parts[i].poison = Some(RebuildError::Poison {
                         event_id: stored.event_id,
                         position: stored.position,
-                        source: ApplyError::Decode(err),
+                        source: ApplyError::Decode(serde::de::Error::custom(&reason)),
                     });
                 }
             }

@@ -126,6 +126,15 @@ impl StoredEvent {
     }
 
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            ..Self::from_row_without_payload(row)?
+        })
+    }
+
+    /// Every column but `payload` and `metadata` (left `Null`).
+    fn from_row_without_payload(row: &PgRow) -> Result<Self, sqlx::Error> {
         let transaction_id: String = row.try_get("transaction_id_text")?;
         Ok(Self {
             event_id: row.try_get("event_id")?,
@@ -141,8 +150,8 @@ impl StoredEvent {
             sequence: row.try_get("sequence")?,
             event_type: row.try_get("event_type")?,
             event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
             correlation_id: row.try_get("correlation_id")?,
             causation_id: row.try_get("causation_id")?,
             idempotency_key: row.try_get("idempotency_key")?,
@@ -222,6 +231,47 @@ pub async fn read_after_lean<'c>(
         .await
         .map_err(StoreError::ReadLog)?;
     decode_rows(&rows)
+}
+
+/// Like [`read_after_lean`], for a reader that turns payloads into its own types: the
+/// payload of each event of `payload_types` goes from the row's JSON text straight through
+/// `decode` (no `serde_json::Value` is built, walked and dropped for it), and the events come
+/// back with `payload` and `metadata` set to `Null`, each with what `decode` made of its
+/// payload (`None` for the other types).
+pub async fn read_after_decoding<'c, T>(
+    executor: impl PgExecutor<'c>,
+    after: Checkpoint,
+    limit: u32,
+    payload_types: &[&str],
+    decode: impl Fn(&StoredEvent, &str) -> T,
+) -> Result<Vec<(StoredEvent, Option<T>)>, StoreError> {
+    let sql =
+        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type,
+                aggregate_id, sequence, event_type, event_version,
+                CASE WHEN event_type = ANY($4) THEN payload::text END AS payload_text,
+                correlation_id, causation_id, idempotency_key, recorded_at
+           FROM events
+          WHERE (transaction_id, position) > ($1::text::xid8, $2)
+            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY events.transaction_id, events.position
+          LIMIT $3";
+    let rows = sqlx::query(sql)
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(i64::from(limit))
+        .bind(payload_types)
+        .fetch_all(executor)
+        .await
+        .map_err(StoreError::ReadLog)?;
+    rows.iter()
+        .map(|row| {
+            let stored = StoredEvent::from_row_without_payload(row)?;
+            let payload: Option<&str> = row.try_get("payload_text")?;
+            let decoded = payload.map(|payload| decode(&stored, payload));
+            Ok((stored, decoded))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::ReadLog)
 }
 
 /// The global log on a pool.

@@ -321,6 +321,39 @@ async fn a_lean_read_skips_only_the_payloads_of_other_types(pool: PgPool) {
         lean.iter().map(|e| e.checkpoint()).collect::<Vec<_>>(),
         full.iter().map(|e| e.checkpoint()).collect::<Vec<_>>()
     );
+
+    // Decoding straight from the payload's text: the same events, the payloads asked for
+    // handed over as their JSON text (and those alone), none kept as a tree.
+    let decoding = infra::event_store::log::read_after_decoding(
+        &pool,
+        Checkpoint::START,
+        10,
+        &["InventoryItemRestocked"],
+        |stored, text| {
+            (
+                stored.event_id,
+                serde_json::from_str::<serde_json::Value>(text).unwrap(),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(decoding.len(), 2);
+    assert_eq!(decoding[0].1, None, "not asked for");
+    assert_eq!(
+        decoding[1].1,
+        Some((full[1].event_id, full[1].payload.clone()))
+    );
+    for ((stored, _), full) in decoding.iter().zip(&full) {
+        assert_eq!(stored.payload, serde_json::Value::Null);
+        assert_eq!(stored.metadata, serde_json::Value::Null);
+        let without_payload = infra::event_store::StoredEvent {
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            ..full.clone()
+        };
+        assert_eq!(*stored, without_payload);
+    }
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

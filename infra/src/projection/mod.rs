@@ -55,7 +55,9 @@ pub trait Projection: Send + Sync + 'static {
     fn handles(&self, stored: &StoredEvent) -> bool;
 
     /// The event types this projection consumes, when it can list them: the others are then
-    /// read without their payload. `None` reads every payload (and `handles` filters).
+    /// read without their payload, and these are decoded straight from their JSON text (the
+    /// `Decoded::stored` it gets then has no `payload` or `metadata`). `None` reads every
+    /// payload (and `handles` filters).
     fn event_types(&self) -> Option<&'static [&'static str]> {
         None
     }
@@ -110,6 +112,9 @@ pub struct View {
 #[derive(Debug, Clone)]
 pub struct Decoded {
     /// Shared, not copied, when several projections apply the same event (a rebuild's pass).
+    /// For a projection that lists its `event_types`, `payload` and `metadata` are `Null`:
+    /// the payload was deserialized from its JSON text into `event` without a
+    /// `serde_json::Value` in between.
     pub stored: std::sync::Arc<StoredEvent>,
     pub event: DomainEvent,
 }

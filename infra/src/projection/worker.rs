@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::events::decode;
+use super::events::{DomainEvent, decode, decode_text};
 use super::{ApplyError, Decoded, PoisonPolicy, Projection, Wakeup, WorkerConfig, is_transient};
 
 /// The channel a worker notifies (with the projection's name) when its checkpoint or state
@@ -137,6 +137,11 @@ pub enum WorkerError {
     },
 }
 
+/// An event read from the log, with its payload already decoded when the projection lists
+/// the types it reads (from the payload's JSON text, no `serde_json::Value`; the event's
+/// own `payload` is `Null` then). `None`: decode it from `payload` when it is handled.
+type Read = (StoredEvent, Option<Result<DomainEvent, serde_json::Error>>);
+
 /// How a batch ends its transaction.
 enum Step {
     Commit(Outcome),
@@ -188,7 +193,7 @@ pub struct Worker {
     /// lock the projection's row, read, roll back).
     known: Option<Checkpoint>,
     /// Events read ahead from `known`, applied if the locked row still has that checkpoint.
-    read_ahead: Option<(Checkpoint, Vec<StoredEvent>)>,
+    read_ahead: Option<(Checkpoint, Vec<Read>)>,
     /// The checkpoint the batch in progress moves to, once it commits.
     applied_up_to: Option<Checkpoint>,
     /// Tells query APIs waiting on consistency tokens that the checkpoint moved, after each
@@ -440,17 +445,21 @@ impl Worker {
         }
     }
 
-    /// Up to `limit` settled events after `after` (without the payloads this projection
-    /// does not read, when it says which event types it reads).
+    /// Up to `limit` settled events after `after` (when the projection says which event
+    /// types it reads: those decoded, the others without their payload).
     async fn read_log<'c>(
         &self,
         executor: impl sqlx::PgExecutor<'c>,
         after: Checkpoint,
         limit: u32,
-    ) -> Result<Vec<StoredEvent>, WorkerError> {
+    ) -> Result<Vec<Read>, WorkerError> {
         match self.projection.event_types() {
-            Some(types) => log::read_after_lean(executor, after, limit, types).await,
-            None => log::read_after(executor, after, limit).await,
+            Some(types) => {
+                log::read_after_decoding(executor, after, limit, types, decode_text).await
+            }
+            None => log::read_after(executor, after, limit)
+                .await
+                .map(|events| events.into_iter().map(|stored| (stored, None)).collect()),
         }
         .map_err(|source| WorkerError::ReadLog {
             projection: self.projection.name(),
@@ -525,25 +534,26 @@ impl Worker {
             Some((from, events)) if from == checkpoint && limit == self.config.batch_size => events,
             _ => self.read_log(&mut *tx, checkpoint, limit).await?,
         };
-        self.caught_up = !careful && events.len() < limit as usize;
-        let Some(last) = events.last() else {
+        let read = events.len();
+        self.caught_up = !careful && read < limit as usize;
+        let Some((last, _)) = events.last() else {
             return Ok(Step::Rollback(Outcome::Idle));
         };
         let last = last.checkpoint();
-        let mut decoded = Vec::with_capacity(events.len());
-        for (index, stored) in events.iter().enumerate() {
-            if !self.projection.handles(stored) {
+        let mut decoded = Vec::with_capacity(read);
+        for (index, (stored, payload)) in events.into_iter().enumerate() {
+            if !self.projection.handles(&stored) {
                 continue;
             }
-            match decode(stored) {
+            match payload.unwrap_or_else(|| decode(&stored)) {
                 Ok(event) => decoded.push(Decoded {
-                    stored: std::sync::Arc::new(stored.clone()),
+                    stored: std::sync::Arc::new(stored),
                     event,
                 }),
                 Err(err) => {
                     return Ok(Step::Failed {
                         index,
-                        stored: Box::new(stored.clone()),
+                        stored: Box::new(stored),
                         error: ApplyError::Decode(err),
                     });
                 }
@@ -579,14 +589,12 @@ impl Worker {
         .bind(name)
         .bind(last.transaction_id.to_string())
         .bind(last.position)
-        .bind(events.len() as i64)
+        .bind(read as i64)
         .execute(&mut *tx)
         .await
         .map_err(self.database("move the checkpoint"))?;
         self.applied_up_to = Some(last);
-        Ok(Step::Commit(Outcome::Progressed {
-            events: events.len(),
-        }))
+        Ok(Step::Commit(Outcome::Progressed { events: read }))
     }
 
     async fn failed(

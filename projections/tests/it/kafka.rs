@@ -88,14 +88,16 @@ async fn wait_for_inbox(pool: &PgPool, consumer: &str, expected: i64) {
 /// Many orders through every path, written by parallel writers so events of different
 /// aggregates interleave.
 async fn busy_shop(pool: &PgPool) {
-    let shop = Shop::new(pool);
+    // One set of executors for all writers, as in one command API: commands on the shared
+    // item queue behind each other instead of colliding (four executors of their own
+    // exhausted their conflict retries on a busy machine).
+    let shop = std::sync::Arc::new(Shop::new(pool));
     shop.history().await;
     shop.item("BULK", 700, 10_000).await;
     let writers: Vec<_> = (0..4u8)
         .map(|writer| {
-            let pool = pool.clone();
+            let shop = shop.clone();
             tokio::spawn(async move {
-                let shop = Shop::new(&pool);
                 for n in (10 + writer..70).step_by(4) {
                     let day = u32::from(n % 5) + 1;
                     let units = u32::from(n % 3) + 1;

@@ -202,42 +202,12 @@ pub async fn read_after<'c>(
     decode_rows(&rows)
 }
 
-/// Like [`read_after`], but rows of other event types than `payload_types` come without
-/// their payload (`Value::Null`) and metadata: every event still arrives, in order, so the
-/// checkpoint stays exact, but what the reader will skip costs no transfer or parsing.
-pub async fn read_after_lean<'c>(
-    executor: impl PgExecutor<'c>,
-    after: Checkpoint,
-    limit: u32,
-    payload_types: &[&str],
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql =
-        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type,
-                aggregate_id, sequence, event_type, event_version,
-                CASE WHEN event_type = ANY($4) THEN payload ELSE 'null'::jsonb END AS payload,
-                CASE WHEN event_type = ANY($4) THEN metadata ELSE 'null'::jsonb END AS metadata,
-                correlation_id, causation_id, idempotency_key, recorded_at
-           FROM events
-          WHERE (transaction_id, position) > ($1::text::xid8, $2)
-            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY events.transaction_id, events.position
-          LIMIT $3";
-    let rows = sqlx::query(sql)
-        .bind(after.transaction_id.to_string())
-        .bind(after.position)
-        .bind(i64::from(limit))
-        .bind(payload_types)
-        .fetch_all(executor)
-        .await
-        .map_err(StoreError::ReadLog)?;
-    decode_rows(&rows)
-}
-
-/// Like [`read_after_lean`], for a reader that turns payloads into its own types: the
-/// payload of each event of `payload_types` goes from the row's JSON text straight through
-/// `decode` (no `serde_json::Value` is built, walked and dropped for it), and the events come
-/// back with `payload` and `metadata` set to `Null`, each with what `decode` made of its
-/// payload (`None` for the other types).
+/// Like [`read_after`], for a reader that turns payloads into its own types and reads only
+/// some: the payload of each event of `payload_types` goes from the row's JSON text straight
+/// through `decode` (no `serde_json::Value` is built, walked and dropped for it), and other
+/// types' payloads are not even sent. Every event still arrives, in order, so the checkpoint
+/// stays exact; each comes with `payload` and `metadata` set to `Null` and with what `decode`
+/// made of its payload (`None` for the other types).
 pub async fn read_after_decoding<'c, T>(
     executor: impl PgExecutor<'c>,
     after: Checkpoint,

@@ -359,7 +359,7 @@ pub async fn append_many<A: Aggregate>(
         }
     };
     let mut positions = HashMap::with_capacity(rows.len());
-    // One statement, one transaction: every row has the same.
+    // One statement, one transaction: every row has the same, read from the first.
     let mut transaction_id = 0;
     for row in rows {
         let decode = |source| StoreError::Append {
@@ -369,11 +369,13 @@ pub async fn append_many<A: Aggregate>(
         let id: String = row.try_get("aggregate_id").map_err(decode)?;
         let sequence: i64 = row.try_get("sequence").map_err(decode)?;
         let position: i64 = row.try_get("position").map_err(decode)?;
-        let transaction: String = row.try_get("transaction_id").map_err(decode)?;
-        transaction_id = transaction.parse().map_err(|_| StoreError::Append {
-            stream: first_stream(),
-            source: sqlx::Error::Decode(format!("transaction id {transaction:?}").into()),
-        })?;
+        if transaction_id == 0 {
+            let transaction: String = row.try_get("transaction_id").map_err(decode)?;
+            transaction_id = transaction.parse().map_err(|_| StoreError::Append {
+                stream: first_stream(),
+                source: sqlx::Error::Decode(format!("transaction id {transaction:?}").into()),
+            })?;
+        }
         positions.insert((id, sequence), position);
     }
     appends

@@ -14,6 +14,7 @@
 //! | `SAGA_PAYMENT_DEADLINE_MS` | `30000` | no payment outcome by then: the order is cancelled |
 //! | `SAGA_CONCURRENCY` | `512` | sagas one saga worker works on at once |
 //! | `PROJECTOR_SYNCHRONOUS_COMMIT` | `off` | `on`: log-following workers' batches wait for their WAL flush ([`ProjectorSettings`]) |
+//! | `PROJECTOR_JOINT_BATCHES` | `on` | `off`: each read model of the projector steps alone, in transactions of its own |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | Kafka (or Redpanda) bootstrap servers |
 //! | `KAFKA_TOPIC_PREFIX` | empty | prepended to topic names (`prod.` gives `prod.orders.events`) |
 //! | `KAFKA_PARTITIONS` | `3` | partitions of topics the relay creates |
@@ -84,6 +85,10 @@ pub struct SagaSettings {
 pub struct ProjectorSettings {
     /// `PROJECTOR_SYNCHRONOUS_COMMIT=on` makes every batch wait for its WAL flush.
     pub synchronous_commit: bool,
+    /// The projector's read models step together, one transaction per batch for all of
+    /// them (`infra::projection::Group`); `PROJECTOR_JOINT_BATCHES=off` gives each its own
+    /// worker and transactions (a slow or failing one then never holds the others back).
+    pub joint_batches: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -209,20 +214,8 @@ pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, Confi
             )?,
         },
         projector: ProjectorSettings {
-            synchronous_commit: match var("PROJECTOR_SYNCHRONOUS_COMMIT")
-                .as_deref()
-                .map(str::trim)
-            {
-                None | Some("off" | "false") => false,
-                Some("on" | "true") => true,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        name: "PROJECTOR_SYNCHRONOUS_COMMIT",
-                        value: other.to_owned(),
-                        expected: "on or off",
-                    });
-                }
-            },
+            synchronous_commit: switch(&var, "PROJECTOR_SYNCHRONOUS_COMMIT", false)?,
+            joint_batches: switch(&var, "PROJECTOR_JOINT_BATCHES", true)?,
         },
         kafka: KafkaSettings {
             brokers: var("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
@@ -251,6 +244,24 @@ pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Settings, Confi
             },
         },
     })
+}
+
+/// An on/off setting (`true`/`false` too).
+fn switch(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("on" | "true") => Ok(true),
+        Some("off" | "false") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            value: other.to_owned(),
+            expected: "on or off",
+        }),
+    }
 }
 
 fn parse<T: std::str::FromStr>(
@@ -316,6 +327,19 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "PROJECTOR_SYNCHRONOUS_COMMIT=\"local\" is not valid: expected on or off"
+        );
+    }
+
+    #[test]
+    fn the_projectors_read_models_step_together_unless_told_otherwise() {
+        assert!(from(&[]).unwrap().projector.joint_batches);
+        let settings = from(&[("PROJECTOR_JOINT_BATCHES", "off")]).unwrap();
+        assert!(!settings.projector.joint_batches);
+        assert!(!settings.projector.synchronous_commit);
+        let err = from(&[("PROJECTOR_JOINT_BATCHES", "sometimes")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PROJECTOR_JOINT_BATCHES=\"sometimes\" is not valid: expected on or off"
         );
     }
 

@@ -28,7 +28,10 @@ pub mod sales_daily;
 
 use std::sync::Arc;
 
-use infra::projection::Projection;
+use infra::event_store::notify::Notifier;
+use infra::projection::{EVENTS_CHANNEL, Group, Projection, Worker, WorkerConfig, WorkerError};
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
 
 /// Every read model of the system, in the order they are started.
 pub fn all() -> Vec<Arc<dyn Projection>> {
@@ -38,4 +41,50 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(customer_orders::CustomerOrdersProjection),
         Arc::new(sales_daily::SalesDailyProjection),
     ]
+}
+
+/// Runs every read model from the global log until `stopped` turns true, as the projector
+/// does: with `joint_batches`, the four step together ([`Group`]: one transaction per batch
+/// for all of them, each with its own lease, row and checkpoint), else each on a worker of
+/// its own. Woken by the log's notifications; their checkpoint notices go out together.
+/// Returns when the workers have finished their batches and released their leases.
+pub async fn run_from_log(
+    pool: PgPool,
+    config: WorkerConfig,
+    joint_batches: bool,
+    stopped: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let notifier = Notifier::new(pool.clone());
+    let mut wakeups = Vec::new();
+    let mut tasks = Vec::new();
+    if joint_batches {
+        let group = Group::register(pool.clone(), all(), config)
+            .await?
+            .notifying_through(&notifier);
+        tracing::info!(projections = ?group.names(), "workers started, stepping together");
+        let wakeup = Arc::new(Notify::new());
+        wakeups.push(wakeup.clone());
+        tasks.push(tokio::spawn(group.run(wakeup, stopped)));
+    } else {
+        for projection in all() {
+            let worker = Worker::register(pool.clone(), projection, config)
+                .await?
+                .notifying_through(&notifier);
+            tracing::info!(projection = worker.name(), "worker started");
+            let wakeup = Arc::new(Notify::new());
+            wakeups.push(wakeup.clone());
+            tasks.push(tokio::spawn(worker.run(wakeup, stopped.clone())));
+        }
+    }
+    let listener = tokio::spawn(infra::projection::listen_for_events(
+        pool,
+        EVENTS_CHANNEL,
+        wakeups,
+    ));
+    for task in tasks {
+        // Each finishes its batch (committed or rolled back), then releases its leases.
+        let _ = task.await;
+    }
+    listener.abort();
+    Ok(())
 }

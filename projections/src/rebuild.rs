@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use infra::event_store::{Checkpoint, StoreError, StoredEvent, log};
-use infra::projection::events::{DomainEvent, decode, decode_text};
-use infra::projection::{ApplyError, Decoded, Projection, Table};
+use infra::event_store::{Checkpoint, StoreError};
+use infra::projection::{
+    ApplyError, Decoded, Projection, Read, Table, decode_read, distribute, event_types_of, read_log,
+};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -235,46 +236,16 @@ pub async fn apply_batch(
     apply_events(conn, projection, checkpoint, events).await
 }
 
-/// An event read for a rebuild, with its payload decoded when it is of a type read (from
-/// the payload's JSON text: no `serde_json::Value` per event). The event's own `payload`
-/// is `Null` then; no projection reads it.
-type Read = (StoredEvent, Option<Result<DomainEvent, serde_json::Error>>);
-
-/// Up to `limit` settled events after `checkpoint`, with payloads only for `types` (all
-/// when `None`), decoded. Settled events never change, so this may run on any connection,
-/// ahead of the transaction that applies them.
+/// Up to `limit` settled events after `checkpoint` (see [`read_log`]).
 async fn read_batch<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     types: Option<&[&str]>,
     checkpoint: Checkpoint,
     limit: u32,
 ) -> Result<Vec<Read>, RebuildError> {
-    match types {
-        Some(types) => {
-            log::read_after_decoding(executor, checkpoint, limit, types, decode_text).await
-        }
-        None => log::read_after(executor, checkpoint, limit)
-            .await
-            .map(|events| {
-                events
-                    .into_iter()
-                    .map(|stored| {
-                        let event = decode(&stored);
-                        (stored, Some(event))
-                    })
-                    .collect()
-            }),
-    }
-    .map_err(RebuildError::ReadLog)
-}
-
-/// What an event read for a rebuild decodes to: an event of a type not read has no payload,
-/// and fails like any undecodable one if a projection handles it after all.
-fn decode_read(
-    stored: &StoredEvent,
-    read: Option<Result<DomainEvent, serde_json::Error>>,
-) -> Result<DomainEvent, serde_json::Error> {
-    read.unwrap_or_else(|| decode(stored))
+    read_log(executor, types, checkpoint, limit)
+        .await
+        .map_err(RebuildError::ReadLog)
 }
 
 /// Applies `events` (read after `checkpoint`) in the caller's transaction. Returns how many
@@ -567,15 +538,7 @@ async fn prepare(
 /// The event types to read payloads for: those any target consumes (all when one of them
 /// cannot list its own).
 fn payload_types(active: &[(usize, Target)]) -> Option<Arc<[&'static str]>> {
-    let mut types: Vec<&'static str> = Vec::new();
-    for (_, target) in active {
-        for event_type in target.projection.event_types()? {
-            if !types.contains(event_type) {
-                types.push(event_type);
-            }
-        }
-    }
-    Some(types.into())
+    event_types_of(active.iter().map(|(_, target)| &*target.projection)).map(Into::into)
 }
 
 /// Stops every target still in the pass with `err`: itself for one, shared for several.
@@ -683,7 +646,7 @@ async fn build(
         idle_since = None;
         ahead = read_ahead(pool, types.clone(), last, options.batch_size);
         let read = events.len();
-        let parts = distribute(events, active);
+        let parts = split_batch(events, active);
         // Each projection's part in a task of its own: their CPU work (evolving rows,
         // encoding the writes) runs on every core, not one after the other.
         let (indexes, applying): (Vec<usize>, Vec<_>) = active
@@ -714,53 +677,26 @@ async fn build(
     stopped
 }
 
-/// Splits a batch between the targets: each gets the events after its own checkpoint,
-/// decoded where it handles them. An event is decoded once; the targets that handle it share it
-/// (the decoded form is cloned for all but the last).
-fn distribute(events: Vec<Read>, active: &[(usize, Target)]) -> Vec<Part> {
-    let mut parts: Vec<Part> = active.iter().map(|_| Part::default()).collect();
-    let mut handlers: Vec<usize> = Vec::with_capacity(active.len());
-    for (stored, read) in events {
-        let at = stored.checkpoint();
-        handlers.clear();
-        for (i, (_, target)) in active.iter().enumerate() {
-            if at <= target.checkpoint {
-                continue;
-            }
-            let part = &mut parts[i];
-            part.read += 1;
-            part.last = Some(at);
-            if part.poison.is_none() && target.projection.handles(&stored) {
-                handlers.push(i);
-            }
-        }
-        let Some((&last, others)) = handlers.split_last() else {
-            continue;
-        };
-        let stored = Arc::new(stored);
-        match decode_read(&stored, read) {
-            Ok(event) => {
-                for &i in others {
-                    parts[i].decoded.push(Decoded {
-                        stored: Arc::clone(&stored),
-                        event: event.clone(),
-                    });
-                }
-                parts[last].decoded.push(Decoded { stored, event });
-            }
-            Err(err) => {
-                let reason = err.to_string();
-                for &i in &handlers {
-                    parts[i].poison = Some(RebuildError::Poison {
-                        event_id: stored.event_id,
-                        position: stored.position,
-                        source: ApplyError::Decode(serde::de::Error::custom(&reason)),
-                    });
-                }
-            }
-        }
-    }
-    parts
+/// Splits a batch between the targets (see [`distribute`]): an event a target cannot
+/// decode stops it.
+fn split_batch(events: Vec<Read>, active: &[(usize, Target)]) -> Vec<Part> {
+    let readers: Vec<(Checkpoint, &dyn Projection)> = active
+        .iter()
+        .map(|(_, target)| (target.checkpoint, &*target.projection))
+        .collect();
+    distribute(events, &readers)
+        .into_iter()
+        .map(|share| Part {
+            read: share.read,
+            last: share.last,
+            decoded: share.decoded,
+            poison: share.poison.map(|(stored, reason)| RebuildError::Poison {
+                event_id: stored.event_id,
+                position: stored.position,
+                source: ApplyError::Decode(serde::de::Error::custom(reason)),
+            }),
+        })
+        .collect()
 }
 
 /// Applies one target's part of a batch to its shadow tables, with its checkpoint, in a

@@ -4,20 +4,23 @@
 //! Deliberately not here: any particular read model (the `projections` crate).
 
 pub mod events;
+mod group;
 pub mod status;
 mod wake;
 mod worker;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::event_store::StoredEvent;
+use crate::event_store::{Checkpoint, StoreError, StoredEvent, log};
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
+pub use group::Group;
 pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for, listen_for_events};
 pub use worker::{CHECKPOINTS_CHANNEL, CheckpointNotice, Outcome, Worker, WorkerError};
 
-use events::DomainEvent;
+use events::{DomainEvent, decode, decode_text};
 
 /// What a projection does with an event it cannot apply after `max_attempts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,114 @@ pub struct Decoded {
     /// `serde_json::Value` in between.
     pub stored: std::sync::Arc<StoredEvent>,
     pub event: DomainEvent,
+}
+
+/// An event read from the log for projections, with its payload already decoded when it is
+/// of a type the read asked for (from the payload's JSON text, no `serde_json::Value`; the
+/// event's own `payload` is `Null` then). `None`: decode it from `payload` if it is handled
+/// ([`decode_read`]).
+pub type Read = (StoredEvent, Option<Result<DomainEvent, serde_json::Error>>);
+
+/// Up to `limit` settled events after `after`; with `types` (what the projections reading
+/// them consume), the payloads of those types decoded and the others not read at all.
+/// Settled events never change, so this may run on any connection, ahead of the transaction
+/// that applies them.
+pub async fn read_log<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    types: Option<&[&str]>,
+    after: Checkpoint,
+    limit: u32,
+) -> Result<Vec<Read>, StoreError> {
+    match types {
+        Some(types) => log::read_after_decoding(executor, after, limit, types, decode_text).await,
+        None => log::read_after(executor, after, limit)
+            .await
+            .map(|events| events.into_iter().map(|stored| (stored, None)).collect()),
+    }
+}
+
+/// What an event [`read_log`] returned decodes to: an event of a type not read has no
+/// payload, and fails like any undecodable one if a projection handles it after all.
+pub fn decode_read(
+    stored: &StoredEvent,
+    read: Option<Result<DomainEvent, serde_json::Error>>,
+) -> Result<DomainEvent, serde_json::Error> {
+    read.unwrap_or_else(|| decode(stored))
+}
+
+/// The event types any of `projections` consumes, for one read that serves them all; `None`
+/// (read every payload) when one of them does not list its types.
+pub fn event_types_of<'a>(
+    projections: impl IntoIterator<Item = &'a dyn Projection>,
+) -> Option<Vec<&'static str>> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for projection in projections {
+        for event_type in projection.event_types()? {
+            if !types.contains(event_type) {
+                types.push(event_type);
+            }
+        }
+    }
+    Some(types)
+}
+
+/// What one batch, read once for several projections, holds for one of them.
+#[derive(Debug, Default)]
+pub struct Share {
+    /// Events after the projection's checkpoint, whether it handles them or not.
+    pub read: usize,
+    /// The last of those: the projection's checkpoint once its share is applied.
+    pub last: Option<Checkpoint>,
+    /// The events it handles, in log order, up to `poison`.
+    pub decoded: Vec<Decoded>,
+    /// The first event it handles that cannot be decoded (and why); nothing after it is in
+    /// `decoded`.
+    pub poison: Option<(Arc<StoredEvent>, String)>,
+}
+
+/// Splits a batch between projections at their checkpoints: each gets the events after its
+/// own. An event is decoded once; the projections that handle it share it (the decoded form
+/// is cloned for all but the last).
+pub fn distribute(events: Vec<Read>, readers: &[(Checkpoint, &dyn Projection)]) -> Vec<Share> {
+    let mut shares: Vec<Share> = readers.iter().map(|_| Share::default()).collect();
+    let mut handlers: Vec<usize> = Vec::with_capacity(readers.len());
+    for (stored, read) in events {
+        let at = stored.checkpoint();
+        handlers.clear();
+        for (i, (checkpoint, projection)) in readers.iter().enumerate() {
+            if at <= *checkpoint {
+                continue;
+            }
+            let share = &mut shares[i];
+            share.read += 1;
+            share.last = Some(at);
+            if share.poison.is_none() && projection.handles(&stored) {
+                handlers.push(i);
+            }
+        }
+        let Some((&last, others)) = handlers.split_last() else {
+            continue;
+        };
+        let stored = Arc::new(stored);
+        match decode_read(&stored, read) {
+            Ok(event) => {
+                for &i in others {
+                    shares[i].decoded.push(Decoded {
+                        stored: Arc::clone(&stored),
+                        event: event.clone(),
+                    });
+                }
+                shares[last].decoded.push(Decoded { stored, event });
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                for &i in &handlers {
+                    shares[i].poison = Some((Arc::clone(&stored), reason.clone()));
+                }
+            }
+        }
+    }
+    shares
 }
 
 /// Why an event could not be applied.

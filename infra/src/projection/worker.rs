@@ -13,15 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::event_store::notify::Notifier;
-use crate::event_store::{Checkpoint, StoreError, StoredEvent, log};
+use crate::event_store::{Checkpoint, StoreError, StoredEvent};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::events::{DomainEvent, decode, decode_text};
-use super::{ApplyError, Decoded, PoisonPolicy, Projection, Wakeup, WorkerConfig, is_transient};
+use super::{
+    ApplyError, Decoded, PoisonPolicy, Projection, Read, Wakeup, WorkerConfig, decode_read,
+    is_transient,
+};
 
 /// The channel a worker notifies (with the projection's name) when its checkpoint or state
 /// changes, so readers waiting for a consistency token wake at once.
@@ -128,6 +130,13 @@ pub enum WorkerError {
         #[source]
         source: StoreError,
     },
+    #[error("projections {projections}, stepping together: {operation} failed")]
+    Joint {
+        projections: String,
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("projection {projection}: applying event {event_id} failed")]
     Apply {
         projection: &'static str,
@@ -136,11 +145,6 @@ pub enum WorkerError {
         source: ApplyError,
     },
 }
-
-/// An event read from the log, with its payload already decoded when the projection lists
-/// the types it reads (from the payload's JSON text, no `serde_json::Value`; the event's
-/// own `payload` is `Null` then). `None`: decode it from `payload` when it is handled.
-type Read = (StoredEvent, Option<Result<DomainEvent, serde_json::Error>>);
 
 /// How a batch ends its transaction.
 enum Step {
@@ -155,8 +159,8 @@ enum Step {
 }
 
 /// Holds the advisory lock and heartbeats until dropped (or until the connection fails).
-struct Lease {
-    token: i64,
+pub(super) struct Lease {
+    pub(super) token: i64,
     lost: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -170,28 +174,28 @@ impl Drop for Lease {
 
 pub struct Worker {
     pool: PgPool,
-    projection: Arc<dyn Projection>,
-    config: WorkerConfig,
+    pub(super) projection: Arc<dyn Projection>,
+    pub(super) config: WorkerConfig,
     id: String,
-    lease: Option<Lease>,
+    pub(super) lease: Option<Lease>,
     /// Failed attempts per event, to tell a poison event from a passing failure.
-    attempts: HashMap<Uuid, u32>,
+    pub(super) attempts: HashMap<Uuid, u32>,
     /// After a failure at index i of a batch, the next batch stops before it, so the events
     /// before the failing one are committed.
-    next_limit: Option<u32>,
+    pub(super) next_limit: Option<u32>,
     /// After a batch failed, events are applied one at a time up to its end.
-    careful_until: Option<Checkpoint>,
+    pub(super) careful_until: Option<Checkpoint>,
     /// The database holds a newer version than this build: never take the lease again.
-    outdated: bool,
+    pub(super) outdated: bool,
     /// The last batch read fewer events than it asked for: it reached the head of the settled
     /// log, so the next read would most likely find nothing. `run` waits for a wake-up
     /// instead of reading again at once (an empty round trip per batch otherwise).
-    caught_up: bool,
+    pub(super) caught_up: bool,
     /// The checkpoint this worker last committed, while it can trust it is still the
     /// projection's (see [`Worker::run`]): the next read of the log starts there, outside
     /// any transaction, so finding nothing new costs one statement instead of four (begin,
     /// lock the projection's row, read, roll back).
-    known: Option<Checkpoint>,
+    pub(super) known: Option<Checkpoint>,
     /// Events read ahead from `known`, applied if the locked row still has that checkpoint.
     read_ahead: Option<(Checkpoint, Vec<Read>)>,
     /// The checkpoint the batch in progress moves to, once it commits.
@@ -200,7 +204,7 @@ pub struct Worker {
     /// commit and outside it: a NOTIFY inside the batch's transaction would hold
     /// PostgreSQL's global notification lock through the commit's WAL flush, serialising
     /// the commits of every projection.
-    checkpoints: Notifier,
+    pub(super) checkpoints: Notifier,
 }
 
 impl std::fmt::Debug for Worker {
@@ -288,7 +292,10 @@ impl Worker {
         &self.id
     }
 
-    fn database(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> WorkerError {
+    pub(super) fn database(
+        &self,
+        operation: &'static str,
+    ) -> impl FnOnce(sqlx::Error) -> WorkerError {
         let projection = self.projection.name();
         move |source| WorkerError::Database {
             projection,
@@ -375,7 +382,7 @@ impl Worker {
     }
 
     /// [`Worker::run_once`], reading the log ahead from `known` when this worker has it.
-    async fn step(&mut self) -> Result<Outcome, WorkerError> {
+    pub(super) async fn step(&mut self) -> Result<Outcome, WorkerError> {
         if !self.try_acquire().await? {
             self.known = None;
             return Ok(Outcome::Standby);
@@ -393,15 +400,9 @@ impl Worker {
             }
             self.read_ahead = Some((known, events));
         }
-        // See `WorkerConfig::synchronous_commit`; the setting travels with the BEGIN.
-        let begin = if self.config.synchronous_commit {
-            self.pool.begin().await
-        } else {
-            self.pool
-                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                .await
-        };
-        let mut tx = begin.map_err(self.database("begin"))?;
+        let mut tx = begin(&self.pool, &self.config)
+            .await
+            .map_err(self.database("begin"))?;
         let step = self.batch(&mut tx).await;
         // Every path ends the transaction now: a dropped transaction's rollback waits for the
         // connection's next use, holding the projection's row lock meanwhile.
@@ -453,18 +454,12 @@ impl Worker {
         after: Checkpoint,
         limit: u32,
     ) -> Result<Vec<Read>, WorkerError> {
-        match self.projection.event_types() {
-            Some(types) => {
-                log::read_after_decoding(executor, after, limit, types, decode_text).await
-            }
-            None => log::read_after(executor, after, limit)
-                .await
-                .map(|events| events.into_iter().map(|stored| (stored, None)).collect()),
-        }
-        .map_err(|source| WorkerError::ReadLog {
-            projection: self.projection.name(),
-            source,
-        })
+        super::read_log(executor, self.projection.event_types(), after, limit)
+            .await
+            .map_err(|source| WorkerError::ReadLog {
+                projection: self.projection.name(),
+                source,
+            })
     }
 
     async fn batch(&mut self, tx: &mut PgConnection) -> Result<Step, WorkerError> {
@@ -545,7 +540,7 @@ impl Worker {
             if !self.projection.handles(&stored) {
                 continue;
             }
-            match payload.unwrap_or_else(|| decode(&stored)) {
+            match decode_read(&stored, payload) {
                 Ok(event) => decoded.push(Decoded {
                     stored: std::sync::Arc::new(stored),
                     event,
@@ -720,7 +715,7 @@ impl Worker {
     }
 
     /// Best effort: makes a failure visible in `projection_state.last_error`.
-    async fn record_error(&self, error: &str) {
+    pub(super) async fn record_error(&self, error: &str) {
         let result = sqlx::query(
             "UPDATE projection_state SET last_error = $2, last_error_at = now() WHERE name = $1",
         )
@@ -816,7 +811,21 @@ impl Worker {
     }
 }
 
-fn next_backoff(current: Duration, max: Duration) -> Duration {
+/// Begins a batch's transaction; see [`WorkerConfig::synchronous_commit`] (the setting
+/// travels with the `BEGIN`, one round trip).
+pub(super) async fn begin(
+    pool: &PgPool,
+    config: &WorkerConfig,
+) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    if config.synchronous_commit {
+        pool.begin().await
+    } else {
+        pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await
+    }
+}
+
+pub(super) fn next_backoff(current: Duration, max: Duration) -> Duration {
     if current.is_zero() {
         Duration::from_millis(50)
     } else {

@@ -7,13 +7,11 @@
 //! `--source kafka` consumes the relay's topics instead, into a database of its own: run
 //! several and they split the partitions (one consumer group per projection).
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use infra::config::Settings;
 use infra::kafka::consumer::{ConsumerConfig, InboxConsumer};
-use infra::projection::{EVENTS_CHANNEL, Worker, WorkerConfig, listen_for_events};
+use infra::projection::WorkerConfig;
 use projections::kafka_source::KafkaFed;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -51,37 +49,33 @@ async fn main() -> anyhow::Result<()> {
                 synchronous_commit: settings.projector.synchronous_commit,
                 ..WorkerConfig::default()
             };
-            from_log(pool, config).await
+            from_log(pool, config, settings.projector.joint_batches).await
         }
         Source::Kafka => from_kafka(pool, &settings).await,
     }
 }
 
-async fn from_log(pool: PgPool, config: WorkerConfig) -> anyhow::Result<()> {
+async fn from_log(pool: PgPool, config: WorkerConfig, joint_batches: bool) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
-    let mut wakeups = Vec::new();
-    let mut tasks = Vec::new();
-    // The workers' checkpoint notices go out together when they coincide.
-    let notifier = infra::event_store::notify::Notifier::new(pool.clone());
-    for projection in projections::all() {
-        let name = projection.name();
-        let worker = Worker::register(pool.clone(), projection, config)
-            .await
-            .with_context(|| format!("failed to start projection {name}"))?
-            .notifying_through(&notifier);
-        let wakeup = Arc::new(tokio::sync::Notify::new());
-        wakeups.push(wakeup.clone());
-        tasks.push(tokio::spawn(worker.run(wakeup, stopped.clone())));
-        tracing::info!(projection = name, "worker started");
-    }
-    let listener = tokio::spawn(listen_for_events(pool.clone(), EVENTS_CHANNEL, wakeups));
-    infra::shutdown::shutdown_signal().await;
+    let mut projector = tokio::spawn(projections::run_from_log(
+        pool,
+        config,
+        joint_batches,
+        stopped,
+    ));
+    let ended = tokio::select! {
+        ended = &mut projector => Some(ended),
+        () = infra::shutdown::shutdown_signal() => None,
+    };
     let _ = stop.send(true);
-    for task in tasks {
-        // Each worker finishes its batch (committed or rolled back), then releases its lease.
-        let _ = task.await;
-    }
-    listener.abort();
+    // The workers finish their batch (committed or rolled back), then release their leases.
+    let ended = match ended {
+        Some(ended) => ended,
+        None => projector.await,
+    };
+    ended
+        .context("the projector's task failed")?
+        .context("failed to start the projections")?;
     tracing::info!("projector stopped");
     Ok(())
 }

@@ -314,7 +314,6 @@ pub async fn caught_up(pool: &PgPool, name: &str) -> bool {
     .expect("compare checkpoint and head")
 }
 
-/// Every row of `table` as JSON, in a stable order, for whole-table comparisons.
 /// Moves every projection back to the start of the log (its rows stay).
 pub async fn rewind(pool: &PgPool) {
     sqlx::query("UPDATE projection_state SET checkpoint_tx = '0', checkpoint_position = 0")
@@ -332,6 +331,7 @@ pub async fn start_order_details_over(pool: &PgPool) {
     rewind(pool).await;
 }
 
+/// Every row of `table` as JSON, in a stable order, for whole-table comparisons.
 pub async fn rows(pool: &PgPool, table: &str) -> Vec<serde_json::Value> {
     let sql = format!("SELECT to_jsonb(t) AS row FROM {table} t ORDER BY to_jsonb(t)::text");
     sqlx::query_scalar(&sql)

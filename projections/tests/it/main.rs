@@ -2,6 +2,7 @@
 //! through the command executor (as the command API does), workers are drained with
 //! `run_once`, rows are read back with SQL.
 
+mod group;
 mod helpers;
 mod kafka;
 mod operator;

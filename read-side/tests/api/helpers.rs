@@ -1,17 +1,16 @@
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::order::{Order, OrderCommand, ReservedLine};
 use domain::payment::{Payment, PaymentCommand};
 use infra::commands::{CommandExecutor, CommandOptions, ExecutorPolicy};
 use infra::config::HttpSettings;
-use infra::projection::{Outcome, Worker, WorkerConfig};
+use infra::projection::{Group, Outcome, WorkerConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::{Mutex, Notify, oneshot, watch};
+use tokio::sync::{Mutex, oneshot, watch};
 
 /// The command API, the query API and the projectors, on one database.
 ///
@@ -24,7 +23,7 @@ pub struct System {
     pub pool: PgPool,
     /// The projectors' pool, like the projector process's own.
     projector_pool: PgPool,
-    workers: Mutex<Vec<Worker>>,
+    group: Mutex<Option<Group>>,
     stop_servers: Vec<oneshot::Sender<()>>,
     servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     stop_projector: Option<watch::Sender<bool>>,
@@ -86,7 +85,7 @@ impl System {
             client: reqwest::Client::new(),
             pool,
             projector_pool,
-            workers: Mutex::new(Vec::new()),
+            group: Mutex::new(None),
             stop_servers: vec![stop_write, stop_read],
             servers,
             stop_projector: None,
@@ -109,7 +108,7 @@ impl System {
         for server in self.servers.drain(..) {
             let _ = server.await;
         }
-        self.workers.lock().await.clear();
+        *self.group.lock().await = None;
         self.projector_pool.close().await;
     }
 
@@ -231,31 +230,49 @@ impl System {
             .expect("confirmed");
     }
 
-    /// Runs every projection until it has applied the whole log.
+    /// Runs every projection until it has applied the whole log, stepping together as the
+    /// projector's do.
     pub async fn project(&self) {
-        let mut workers = self.workers.lock().await;
-        if workers.is_empty() {
-            for projection in projections::all() {
-                workers.push(
-                    Worker::register(self.projector_pool.clone(), projection, worker_config())
-                        .await
-                        .expect("worker"),
-                );
-            }
+        let mut guard = self.group.lock().await;
+        if guard.is_none() {
+            *guard = Some(
+                Group::register(
+                    self.projector_pool.clone(),
+                    projections::all(),
+                    worker_config(),
+                )
+                .await
+                .expect("workers"),
+            );
         }
-        for worker in workers.iter_mut() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match worker.run_once().await.expect("projection step") {
-                    Outcome::Progressed { .. } | Outcome::Retrying => continue,
-                    Outcome::Idle if caught_up(&self.pool, worker.name()).await => break,
-                    Outcome::Halted => break,
-                    other => assert!(Instant::now() < deadline, "{}: {other:?}", worker.name()),
+        let group = guard.as_mut().expect("registered above");
+        let members = group.names().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stepped = group.step().await;
+            let mut done = stepped.len() == members;
+            for step in &stepped {
+                match &step.outcome {
+                    Ok(Outcome::Progressed { .. } | Outcome::Retrying) => done = false,
+                    Ok(Outcome::Idle) => done &= caught_up(&self.pool, step.projection).await,
+                    Ok(Outcome::Halted) => {}
+                    Ok(other) => {
+                        done = false;
+                        assert!(Instant::now() < deadline, "{}: {other:?}", step.projection);
+                    }
+                    Err(err) => panic!("{}: {err}", step.projection),
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the projections did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        drop(workers);
+        drop(guard);
         self.heard_of_the_head().await;
     }
 
@@ -284,17 +301,9 @@ impl System {
         self.stop_projector = Some(stop);
         let pool = self.projector_pool.clone();
         self.projector = Some(tokio::spawn(async move {
-            let mut wakeups = Vec::new();
-            for projection in projections::all() {
-                let worker = Worker::register(pool.clone(), projection, worker_config())
-                    .await
-                    .expect("worker");
-                let wakeup = Arc::new(Notify::new());
-                wakeups.push(wakeup.clone());
-                tokio::spawn(worker.run(wakeup, stopped.clone()));
-            }
-            infra::projection::listen_for_events(pool, infra::projection::EVENTS_CHANNEL, wakeups)
-                .await;
+            projections::run_from_log(pool, worker_config(), true, stopped)
+                .await
+                .expect("the projections run");
         }));
     }
 }

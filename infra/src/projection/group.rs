@@ -45,6 +45,8 @@ pub struct Group {
     /// After a transient failure, the joint step waits until then.
     joint_due: Option<Instant>,
     joint_backoff: Duration,
+    /// The members whose `apply` ran in the joint batch in progress.
+    applying: Vec<usize>,
 }
 
 impl std::fmt::Debug for Group {
@@ -81,20 +83,13 @@ enum Batch {
     Commit {
         /// The members whose checkpoint moved, with the events they read.
         moved: Vec<(usize, usize)>,
-        /// The members whose `apply` ran.
-        applied: Vec<usize>,
         /// Where the moved ones are now.
         last: Checkpoint,
-        events: usize,
     },
-    /// Nothing to commit: nothing settled after the checkpoints, or no member left.
-    Rollback(Option<Outcome>),
+    /// Nothing to commit: nothing settled after the checkpoints (`idle`), or a member left.
+    Rollback { idle: bool },
     /// A member's `apply` failed.
-    Failed {
-        member: usize,
-        applied: Vec<usize>,
-        error: ApplyError,
-    },
+    Failed { member: usize, error: ApplyError },
 }
 
 impl Group {
@@ -127,6 +122,7 @@ impl Group {
             caught_up: false,
             joint_due: None,
             joint_backoff: Duration::ZERO,
+            applying: Vec::new(),
         })
     }
 
@@ -165,13 +161,18 @@ impl Group {
     }
 
     /// One round: the members that can step together apply their next batch in one
-    /// transaction; the others step alone (those whose backoff has not ended wait). Failures
-    /// are logged here and recorded on the projection's row.
+    /// transaction; the others step alone (those waiting out a backoff or, in a state that
+    /// only an operator or another process changes, the poll interval, wait). Each member
+    /// stepped gets its own outcome (`Progressed` with the events it read, `Idle` if the
+    /// joint batch did not move it). Failures are logged here and recorded on the
+    /// projection's row.
     pub async fn step(&mut self) -> Vec<Stepped> {
         let mut stepped: Vec<Option<Stepped>> = self.members.iter().map(|_| None).collect();
         let now = Instant::now();
-        let mut backing_off: &[usize] = &[];
-        if self.joint_due.is_none_or(|due| due <= now) {
+        let mut backing_off = Vec::new();
+        if self.joint_due.is_some_and(|due| due > now) {
+            backing_off.clone_from(&self.joint);
+        } else {
             self.joint_due = None;
             // A member leaves at each retry, so this ends.
             for _ in 0..=self.members.len() {
@@ -187,18 +188,15 @@ impl Group {
                 let joint = self.joint.clone();
                 match self.joint_step(&joint).await {
                     Ok(None) => continue,
-                    Ok(Some(outcome)) => {
+                    Ok(Some(outcomes)) => {
                         self.joint_backoff = Duration::ZERO;
-                        for &i in &joint {
-                            // A member that left in the batch steps alone below.
-                            if !self.members[i].solo {
-                                stepped[i] = Some(Stepped {
-                                    projection: self.members[i].worker.name(),
-                                    joint: true,
-                                    outcome: Ok(outcome),
-                                    full: !self.caught_up,
-                                });
-                            }
+                        for (i, outcome) in outcomes {
+                            stepped[i] = Some(Stepped {
+                                projection: self.members[i].worker.name(),
+                                joint: true,
+                                outcome: Ok(outcome),
+                                full: !self.caught_up,
+                            });
                         }
                         break;
                     }
@@ -206,29 +204,34 @@ impl Group {
                         let error = crate::telemetry::err_chain(&err);
                         tracing::error!(projections = ?self.stepping_together(), error = %error,
                             "a joint projection step failed");
-                        for &i in &joint {
-                            self.members[i].worker.record_error(&error).await;
-                        }
                         self.joint_backoff =
                             next_backoff(self.joint_backoff, self.config.max_backoff);
                         self.joint_due = Some(now + self.joint_backoff);
                         self.known = None;
-                        if let Some((&first, _)) = joint.split_first() {
-                            stepped[first] = Some(Stepped {
-                                projection: self.members[first].worker.name(),
+                        let mut err = Some(err);
+                        for &i in &joint {
+                            self.members[i].worker.record_error(&error).await;
+                            // The error itself for the first, its text for the others.
+                            let outcome = Err(err.take().unwrap_or_else(|| WorkerError::Joint {
+                                projections: self.stepping_together().join(", "),
+                                operation: "the joint step",
+                                source: error.clone().into(),
+                            }));
+                            stepped[i] = Some(Stepped {
+                                projection: self.members[i].worker.name(),
                                 joint: true,
-                                outcome: Err(err),
+                                outcome,
                                 full: false,
                             });
                         }
+                        // They wait out the backoff together.
+                        backing_off = joint;
                         break;
                     }
                 }
             }
-        } else {
-            backing_off = &self.joint;
         }
-        let backing_off = backing_off.to_vec();
+        let poll = self.config.poll_interval;
         for (i, slot) in stepped.iter_mut().enumerate() {
             let member = &mut self.members[i];
             if slot.is_some() || backing_off.contains(&i) || member.due.is_some_and(|due| due > now)
@@ -242,7 +245,9 @@ impl Group {
             match &outcome {
                 Ok(Outcome::Progressed { .. } | Outcome::Idle) => {
                     member.backoff = Duration::ZERO;
-                    if member.solo && in_stride(&member.worker) {
+                    // Only once at the head of the log: one far behind would hold the
+                    // others back (a joint batch is read from the lowest checkpoint).
+                    if member.solo && in_stride(&member.worker) && !full {
                         tracing::debug!(projection = name, "rejoins the joint step");
                         member.solo = false;
                     }
@@ -258,11 +263,16 @@ impl Group {
                     | Outcome::Paused
                     | Outcome::VersionMismatch { .. },
                 ) => {
+                    // Another process or an operator changes that: look again after the
+                    // poll interval, not at every wake-up (a standby's look opens a
+                    // connection).
                     member.backoff = Duration::ZERO;
+                    member.due = Some(now + poll);
                     member.solo = true;
                 }
                 Err(err @ WorkerError::Fenced { .. }) => {
                     tracing::warn!(error = %err, "stepping down");
+                    member.due = Some(now + poll);
                     member.solo = true;
                 }
                 Err(err) => {
@@ -301,32 +311,33 @@ impl Group {
         joint
     }
 
-    /// One joint batch. `None`: a member left the joint step (its row or an event of its
-    /// needs its own step); the others try again at once without it.
-    async fn joint_step(&mut self, joint: &[usize]) -> Result<Option<Outcome>, WorkerError> {
+    /// One joint batch, with each joint member's outcome. `None`: a member left the joint
+    /// step (its row or an event of its needs its own step); the others try again at once
+    /// without it.
+    async fn joint_step(
+        &mut self,
+        joint: &[usize],
+    ) -> Result<Option<Vec<(usize, Outcome)>>, WorkerError> {
+        let idle = || Some(joint.iter().map(|&i| (i, Outcome::Idle)).collect());
         let limit = self.config.batch_size;
         let mut ahead = None;
         if let Some(known) = self.known.take() {
             let events = self.read(&self.pool, known, limit).await?;
             if events.is_empty() {
                 self.known = Some(known);
-                return Ok(Some(Outcome::Idle));
+                return Ok(idle());
             }
             ahead = Some((known, events));
         }
         let mut tx = begin(&self.pool, &self.config)
             .await
             .map_err(self.failed("begin"))?;
+        self.applying.clear();
         let batch = self.joint_batch(&mut tx, joint, ahead).await;
         match batch {
-            Ok(Batch::Commit {
-                moved,
-                applied,
-                last,
-                events,
-            }) => {
+            Ok(Batch::Commit { moved, last }) => {
                 let committed = tx.commit().await;
-                for &i in &applied {
+                for &i in &std::mem::take(&mut self.applying) {
                     self.members[i]
                         .worker
                         .projection
@@ -345,35 +356,53 @@ impl Group {
                 if moved.len() == joint.len() {
                     self.known = Some(last);
                 }
-                Ok(Some(Outcome::Progressed { events }))
+                Ok(Some(
+                    joint
+                        .iter()
+                        .map(|&i| match moved.iter().find(|&&(m, _)| m == i) {
+                            Some(&(_, events)) => (i, Outcome::Progressed { events }),
+                            None => (i, Outcome::Idle),
+                        })
+                        .collect(),
+                ))
             }
-            Ok(Batch::Rollback(outcome)) => {
+            Ok(Batch::Rollback { idle: at_head }) => {
                 tx.rollback().await.map_err(self.failed("roll back"))?;
-                Ok(outcome)
+                Ok(if at_head { idle() } else { None })
             }
-            Ok(Batch::Failed {
-                member,
-                applied,
-                error,
-            }) => {
+            Ok(Batch::Failed { member, error }) => {
                 let _ = tx.rollback().await;
-                for &i in &applied {
-                    self.members[i].worker.projection.finished(false);
-                }
+                self.finished_in_vain();
                 if error.is_transient() {
                     return Err(self.failed("apply")(error));
                 }
                 let name = self.members[member].worker.name();
                 tracing::warn!(projection = name, error = %crate::telemetry::err_chain(&error),
                     "a joint batch failed; the projection steps alone to find the event");
-                self.members[member].solo = true;
+                self.alone(member);
                 Ok(None)
             }
             Err(err) => {
                 let _ = tx.rollback().await;
+                self.finished_in_vain();
                 Err(err)
             }
         }
+    }
+
+    /// Tells the members whose `apply` ran in a batch that rolled back.
+    fn finished_in_vain(&mut self) {
+        for i in std::mem::take(&mut self.applying) {
+            self.members[i].worker.projection.finished(false);
+        }
+    }
+
+    /// Sends a member to step alone, from its row (not from what it last committed: its row
+    /// is why it left).
+    fn alone(&mut self, member: usize) {
+        let member = &mut self.members[member];
+        member.solo = true;
+        member.worker.known = None;
     }
 
     async fn joint_batch(
@@ -406,14 +435,14 @@ impl Group {
             match row.and_then(|row| stepping_at(row, &member.worker)) {
                 Some(checkpoint) => readers.push((i, checkpoint)),
                 // Fenced, paused, halted, another version: its own step acts on it.
-                None => member.solo = true,
+                None => self.alone(i),
             }
         }
         if readers.len() < joint.len() {
-            return Ok(Batch::Rollback(None));
+            return Ok(Batch::Rollback { idle: false });
         }
         let Some(from) = readers.iter().map(|&(_, checkpoint)| checkpoint).min() else {
-            return Ok(Batch::Rollback(None));
+            return Ok(Batch::Rollback { idle: false });
         };
         let limit = self.config.batch_size;
         let events = match ahead {
@@ -422,9 +451,8 @@ impl Group {
         };
         self.caught_up = events.len() < limit as usize;
         let Some(last) = events.last().map(|(stored, _)| stored.checkpoint()) else {
-            return Ok(Batch::Rollback(Some(Outcome::Idle)));
+            return Ok(Batch::Rollback { idle: true });
         };
-        let events_read = events.len();
         let projections: Vec<(Checkpoint, &dyn Projection)> = readers
             .iter()
             .map(|&(i, checkpoint)| (checkpoint, &*self.members[i].worker.projection))
@@ -437,10 +465,9 @@ impl Group {
             .find(|(_, share)| share.poison.is_some())
         {
             // Its own step finds the event, retries and parks it.
-            self.members[*i].solo = true;
-            return Ok(Batch::Rollback(None));
+            self.alone(*i);
+            return Ok(Batch::Rollback { idle: false });
         }
-        let mut applied = Vec::with_capacity(readers.len());
         let mut moved = Vec::with_capacity(readers.len());
         for (&(i, _), share) in readers.iter().zip(&shares) {
             if share.read > 0 {
@@ -449,14 +476,10 @@ impl Group {
             if share.decoded.is_empty() {
                 continue;
             }
-            applied.push(i);
+            self.applying.push(i);
             let projection = Arc::clone(&self.members[i].worker.projection);
             if let Err(error) = projection.apply(&mut *tx, &share.decoded).await {
-                return Ok(Batch::Failed {
-                    member: i,
-                    applied,
-                    error,
-                });
+                return Ok(Batch::Failed { member: i, error });
             }
         }
         let (names, counts): (Vec<&str>, Vec<i64>) = moved
@@ -477,12 +500,7 @@ impl Group {
         .execute(&mut *tx)
         .await
         .map_err(self.failed("move the checkpoints"))?;
-        Ok(Batch::Commit {
-            moved,
-            applied,
-            last,
-            events: events_read,
-        })
+        Ok(Batch::Commit { moved, last })
     }
 
     async fn read<'c>(
@@ -554,7 +572,7 @@ impl Group {
                 () = wakeup.notified() => notified = true,
                 () = tokio::time::sleep(wait) => {
                     rechecked = recheck;
-                    if wait == poll {
+                    if recheck.is_none() {
                         // No notification for a while: read the rows before the log again,
                         // in case an operator moved a checkpoint while nothing was appended.
                         self.forget();

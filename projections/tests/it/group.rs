@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use infra::event_store::StoredEvent;
 use infra::projection::{ApplyError, Decoded, Group, Outcome, Projection, WorkerError};
 use projections::inventory::InventoryProjection;
+use projections::order_details::OrderDetailsProjection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -239,6 +240,14 @@ async fn a_paused_member_waits_and_rejoins_when_resumed(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
+    // Far behind (the history is several batches), it catches up alone: a joint batch is
+    // read from the lowest checkpoint, so it would hold the others back.
+    tokio::time::sleep(fast_config().poll_interval).await;
+    for _ in 0..2 {
+        together.step().await;
+    }
+    assert!(!caught_up(&pool, "inventory").await);
+    assert_eq!(together.stepping_together().len(), 3);
     let outcomes = drain_group(&pool, &mut together).await;
     assert!(
         outcomes.values().all(|o| *o == Outcome::Idle),
@@ -388,4 +397,78 @@ async fn a_group_killed_inside_a_joint_batch_and_restarted_ends_with_what_each_b
     let after_crash = read_models(&pool).await;
     restarted.release();
     assert_eq!(built_alone(&pool).await, after_crash);
+}
+
+/// Order details, failing once with an error worth retrying (a pool timeout).
+struct FailsOnceTransiently {
+    failed: AtomicBool,
+}
+
+#[async_trait]
+impl Projection for FailsOnceTransiently {
+    fn name(&self) -> &'static str {
+        OrderDetailsProjection::NAME
+    }
+    fn version(&self) -> i32 {
+        OrderDetailsProjection.version()
+    }
+    fn handles(&self, stored: &StoredEvent) -> bool {
+        OrderDetailsProjection.handles(stored)
+    }
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        OrderDetailsProjection.event_types()
+    }
+    async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(ApplyError::Database(sqlx::Error::PoolTimedOut));
+        }
+        OrderDetailsProjection.apply(conn, events).await
+    }
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn after_a_transient_failure_the_joint_members_back_off_together_then_go_on(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    let mut members: Vec<Arc<dyn Projection>> = projections::all()
+        .into_iter()
+        .filter(|p| p.name() != OrderDetailsProjection::NAME)
+        .collect();
+    members.push(Arc::new(FailsOnceTransiently {
+        failed: AtomicBool::new(false),
+    }));
+    let mut together = group(&pool, members).await;
+    // Until the history is settled (other tests' transactions can hold it back), a step
+    // finds nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let stepped = together.step().await;
+        if stepped
+            .iter()
+            .any(|s| !matches!(s.outcome, Ok(Outcome::Idle)))
+        {
+            break stepped;
+        }
+        assert!(Instant::now() < deadline, "the history never settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Every member of the batch is told, none stepped alone.
+    assert_eq!(failed.len(), 4);
+    assert!(
+        failed
+            .iter()
+            .all(|s| s.joint && matches!(s.outcome, Err(WorkerError::Joint { .. }))),
+        "{failed:?}"
+    );
+    // Nothing moved, and right away nobody steps: they wait out the backoff together.
+    assert_eq!(state(&pool, "inventory").await.1, 0);
+    assert!(together.step().await.is_empty());
+    let outcomes = drain_group(&pool, &mut together).await;
+    assert!(
+        outcomes.values().all(|o| *o == Outcome::Idle),
+        "{outcomes:?}"
+    );
+    assert_eq!(together.stepping_together().len(), 4);
+    let built_together = read_models(&pool).await;
+    together.release();
+    assert_eq!(built_alone(&pool).await, built_together);
 }

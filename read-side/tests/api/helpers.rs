@@ -248,22 +248,27 @@ impl System {
         let group = guard.as_mut().expect("registered above");
         let members = group.names().len();
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Each member's last outcome: a halted one steps only every poll interval.
+        let mut last = std::collections::BTreeMap::new();
         loop {
-            let stepped = group.step().await;
-            let mut done = stepped.len() == members;
-            for step in &stepped {
-                match &step.outcome {
-                    Ok(Outcome::Progressed { .. } | Outcome::Retrying) => done = false,
-                    Ok(Outcome::Idle) => done &= caught_up(&self.pool, step.projection).await,
-                    Ok(Outcome::Halted) => {}
-                    Ok(other) => {
-                        done = false;
-                        assert!(Instant::now() < deadline, "{}: {other:?}", step.projection);
-                    }
+            let mut busy = false;
+            for step in group.step().await {
+                let outcome = match step.outcome {
+                    Ok(outcome) => outcome,
                     Err(err) => panic!("{}: {err}", step.projection),
-                }
+                };
+                busy |= match outcome {
+                    Outcome::Progressed { .. } | Outcome::Retrying => true,
+                    Outcome::Idle => !caught_up(&self.pool, step.projection).await,
+                    Outcome::Halted => false,
+                    other => {
+                        assert!(Instant::now() < deadline, "{}: {other:?}", step.projection);
+                        true
+                    }
+                };
+                last.insert(step.projection, outcome);
             }
-            if done {
+            if !busy && last.len() == members && !last.values().any(|o| *o == Outcome::Retrying) {
                 break;
             }
             assert!(

@@ -84,15 +84,19 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
         .unwrap();
     let shop = Arc::new(Shop::new(&pool));
     shop.history().await;
-    // The live projector runs throughout.
+    // The live projector runs throughout, its four read models stepping together as the
+    // projector's do (polling: no notifications here).
     let (stop, stopped) = watch::channel(false);
-    let mut live = Vec::new();
-    for projection in projections::all() {
-        let worker = worker(&pool, projection).await;
-        live.push(tokio::spawn(
-            worker.run(Arc::new(Notify::new()), stopped.clone()),
-        ));
-    }
+    let together = infra::projection::Group::register(
+        pool.clone(),
+        projections::all(),
+        crate::helpers::fast_config(),
+    )
+    .await
+    .unwrap();
+    let live = vec![tokio::spawn(
+        together.run(Arc::new(Notify::new()), stopped.clone()),
+    )];
     // Commands keep arriving...
     let writing = Arc::new(AtomicBool::new(true));
     let writer = {

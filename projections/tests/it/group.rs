@@ -16,7 +16,10 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use crate::helpers::{Shop, caught_up, drain, fast_config, rewind, rows, worker};
+use crate::helpers::{
+    Shop, caught_up, drain, fast_config, rewind, rows, wait_until_caught_up, worker,
+};
+use crate::runtime::{Recording, applied};
 
 async fn group(pool: &PgPool, projections: Vec<Arc<dyn Projection>>) -> Group {
     Group::register(pool.clone(), projections, fast_config())
@@ -473,4 +476,89 @@ async fn after_a_transient_failure_the_joint_members_back_off_together_then_go_o
     let built_together = read_models(&pool).await;
     together.release();
     assert_eq!(built_alone(&pool).await, built_together);
+}
+
+/// A process's projector: `Recording` (which notes who applied what) and three read models,
+/// stepping together.
+async fn projector(pool: &PgPool, label: &'static str) -> Group {
+    let mut members: Vec<Arc<dyn Projection>> = vec![Arc::new(Recording { label })];
+    members.extend(all_but_inventory());
+    group(pool, members).await
+}
+
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn two_projectors_never_both_apply_and_the_standby_takes_every_projection_over(pool: PgPool) {
+    sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL, worker text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let shop = Shop::new(&pool);
+    shop.history().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut processes = Vec::new();
+    for label in ["a", "b"] {
+        // A pool of its own: closing it is that process dying.
+        let process = PgPoolOptions::new()
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .unwrap();
+        let group = projector(&process, label).await;
+        let task = tokio::spawn(group.run(Arc::new(Notify::new()), stopped.clone()));
+        processes.push((label, process, task));
+    }
+    let names = [
+        "recording",
+        "order_details",
+        "customer_orders",
+        "sales_daily",
+    ];
+    for name in names {
+        wait_until_caught_up(&pool, name).await;
+    }
+    let (total, distinct, workers) = applied(&pool).await;
+    assert_eq!(total, distinct, "every event applied once");
+    assert_eq!(workers.len(), 1, "only one process applied: {workers:?}");
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT owner FROM projection_state WHERE name = ANY($1)")
+            .bind(&names[..])
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(owners.len(), 4, "a lease per projection: {owners:?}");
+
+    // The live process dies; the standby takes every projection over and applies the rest.
+    let live = processes
+        .iter()
+        .position(|(label, ..)| *label == workers[0])
+        .unwrap();
+    let (_, dead_pool, dead_task) = processes.remove(live);
+    dead_task.abort();
+    let _ = dead_task.await;
+    dead_pool.close().await;
+    shop.item("LATER", 100, 5).await;
+    shop.order(9, 9, &[("LATER", 1)], 3).await;
+    for name in names {
+        wait_until_caught_up(&pool, name).await;
+    }
+    let (total, distinct, workers) = applied(&pool).await;
+    assert_eq!(total, distinct, "nothing applied twice");
+    assert_eq!(workers.len(), 2, "the standby took over: {workers:?}");
+    let tokens: Vec<i64> =
+        sqlx::query_scalar("SELECT fencing_token FROM projection_state WHERE name = ANY($1)")
+            .bind(&names[..])
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tokens, [2, 2, 2, 2], "each lease taken twice");
+    let _ = stop.send(true);
+    let (_, _, task) = processes.remove(0);
+    task.await.unwrap();
+    // What the two built equals what each builds alone.
+    let built = read_models(&pool).await;
+    let alone = built_alone(&pool).await;
+    for (table, rows) in &built {
+        if !table.starts_with("inventory") {
+            assert_eq!(rows, &alone[table], "{table}");
+        }
+    }
 }

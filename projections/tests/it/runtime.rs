@@ -193,8 +193,9 @@ async fn batches_commit_without_waiting_for_the_wal_flush_unless_configured_to(p
 
 /// Records which worker applied which event, in a table without a unique key, so a double
 /// application shows as a duplicate row.
-struct Recording {
-    label: &'static str,
+/// Records which worker applied each event, in `applied` (which the test creates).
+pub(crate) struct Recording {
+    pub(crate) label: &'static str,
 }
 
 #[async_trait]
@@ -220,7 +221,7 @@ impl Projection for Recording {
     }
 }
 
-async fn applied(pool: &PgPool) -> (i64, i64, Vec<String>) {
+pub(crate) async fn applied(pool: &PgPool) -> (i64, i64, Vec<String>) {
     sqlx::query_as(
         "SELECT count(*), count(DISTINCT event_id), COALESCE(array_agg(DISTINCT worker), '{}') FROM applied",
     )

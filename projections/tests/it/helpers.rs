@@ -348,3 +348,23 @@ pub async fn wait_until_caught_up(pool: &PgPool, name: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The name, version, filter and event types of `$inner`, for the test projections that wrap
+/// a read model (to fail, stop or note something on the way).
+macro_rules! delegating_to {
+    ($inner:expr) => {
+        fn name(&self) -> &'static str {
+            $inner.name()
+        }
+        fn version(&self) -> i32 {
+            $inner.version()
+        }
+        fn handles(&self, stored: &infra::event_store::StoredEvent) -> bool {
+            $inner.handles(stored)
+        }
+        fn event_types(&self) -> Option<&'static [&'static str]> {
+            $inner.event_types()
+        }
+    };
+}
+pub(crate) use delegating_to;

@@ -17,11 +17,11 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 
 use crate::helpers::{
-    Shop, caught_up, drain, fast_config, qty, rows, start_order_details_over, worker,
+    Shop, caught_up, delegating_to, drain, fast_config, qty, rows, start_order_details_over, worker,
 };
 
 /// A pool of its own, standing for another process: closing it is that process dying.
-async fn process_pool(pool: &PgPool) -> PgPool {
+pub(crate) async fn process_pool(pool: &PgPool) -> PgPool {
     PgPoolOptions::new()
         .connect_with((*pool.connect_options()).clone())
         .await
@@ -36,21 +36,6 @@ async fn wait_until_caught_up(pool: &PgPool, name: &str) {
     }
 }
 
-/// The name, version and filter of order details, for the projections below that wrap it.
-macro_rules! as_order_details {
-    () => {
-        fn name(&self) -> &'static str {
-            OrderDetailsProjection::NAME
-        }
-        fn version(&self) -> i32 {
-            OrderDetailsProjection.version()
-        }
-        fn handles(&self, stored: &StoredEvent) -> bool {
-            OrderDetailsProjection.handles(stored)
-        }
-    };
-}
-
 /// Delegates to order details, but stops forever inside the `stop_at`-th event it applies,
 /// with the batch's transaction open: the moment a crash hurts most.
 struct StopsMidBatch {
@@ -61,7 +46,7 @@ struct StopsMidBatch {
 
 #[async_trait]
 impl Projection for StopsMidBatch {
-    as_order_details!();
+    delegating_to!(OrderDetailsProjection);
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
         OrderDetailsProjection.apply(conn, events).await?;
         let before = self
@@ -135,7 +120,7 @@ struct NotesCommitMode {
 
 #[async_trait]
 impl Projection for NotesCommitMode {
-    as_order_details!();
+    delegating_to!(OrderDetailsProjection);
     async fn apply(&self, conn: &mut PgConnection, events: &[Decoded]) -> Result<(), ApplyError> {
         let mode: String = sqlx::query_scalar("SHOW synchronous_commit")
             .fetch_one(&mut *conn)

@@ -47,6 +47,8 @@ pub struct Group {
     joint_backoff: Duration,
     /// The members whose `apply` ran in the joint batch in progress.
     applying: Vec<usize>,
+    /// `joint`'s names, for errors.
+    label: Arc<str>,
 }
 
 impl std::fmt::Debug for Group {
@@ -123,6 +125,7 @@ impl Group {
             joint_due: None,
             joint_backoff: Duration::ZERO,
             applying: Vec::new(),
+            label: Arc::from(""),
         })
     }
 
@@ -180,6 +183,7 @@ impl Group {
                 if joint != self.joint {
                     self.known = None;
                     self.joint = joint;
+                    self.label = self.stepping_together().join(", ").into();
                 }
                 if self.joint.len() < 2 {
                     // Nothing to share: a lone member steps as a worker does.
@@ -213,7 +217,7 @@ impl Group {
                             self.members[i].worker.record_error(&error).await;
                             // The error itself for the first, its text for the others.
                             let outcome = Err(err.take().unwrap_or_else(|| WorkerError::Joint {
-                                projections: self.stepping_together().join(", "),
+                                projections: self.label.to_string(),
                                 operation: "the joint step",
                                 source: error.clone().into(),
                             }));
@@ -518,9 +522,10 @@ impl Group {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        let projections = self.stepping_together().join(", ");
+        // Built once per membership: this runs for every statement, failing or not.
+        let projections = Arc::clone(&self.label);
         move |source| WorkerError::Joint {
-            projections,
+            projections: projections.to_string(),
             operation,
             source: Box::new(source),
         }

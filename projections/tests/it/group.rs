@@ -448,6 +448,26 @@ async fn projector(pool: &PgPool, label: &'static str) -> Group {
     group(pool, members).await
 }
 
+async fn all_caught_up(pool: &PgPool, names: &[&str]) {
+    for name in names {
+        wait_until_caught_up(pool, name).await;
+    }
+}
+
+/// `select` (a column of `projection_state`) for the projections `names`.
+async fn column<T>(pool: &PgPool, select: &str, names: &[&str]) -> Vec<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(&format!(
+        "SELECT {select} FROM projection_state WHERE name = ANY($1)"
+    ))
+    .bind(names)
+    .fetch_all(pool)
+    .await
+    .expect("read the projections' rows")
+}
+
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn two_projectors_never_both_apply_and_the_standby_takes_every_projection_over(pool: PgPool) {
     sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL, worker text NOT NULL)")
@@ -471,19 +491,12 @@ async fn two_projectors_never_both_apply_and_the_standby_takes_every_projection_
         let task = tokio::spawn(group.run(Arc::new(Notify::new()), stopped.clone()));
         processes.push((label, process, task));
         // The first takes every lease (started together, they would share them out).
-        for name in names {
-            wait_until_caught_up(&pool, name).await;
-        }
+        all_caught_up(&pool, &names).await;
     }
     let (total, distinct, workers) = applied(&pool).await;
     assert_eq!(total, distinct, "every event applied once");
     assert_eq!(workers.len(), 1, "only one process applied: {workers:?}");
-    let owners: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT owner FROM projection_state WHERE name = ANY($1)")
-            .bind(&names[..])
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let owners: Vec<String> = column(&pool, "DISTINCT owner", &names).await;
     assert_eq!(owners.len(), 4, "a lease per projection: {owners:?}");
 
     // The live process dies; the standby takes every projection over and applies the rest.
@@ -497,18 +510,11 @@ async fn two_projectors_never_both_apply_and_the_standby_takes_every_projection_
     dead_pool.close().await;
     shop.item("LATER", 100, 5).await;
     shop.order(9, 9, &[("LATER", 1)], 3).await;
-    for name in names {
-        wait_until_caught_up(&pool, name).await;
-    }
+    all_caught_up(&pool, &names).await;
     let (total, distinct, workers) = applied(&pool).await;
     assert_eq!(total, distinct, "nothing applied twice");
     assert_eq!(workers.len(), 2, "the standby took over: {workers:?}");
-    let tokens: Vec<i64> =
-        sqlx::query_scalar("SELECT fencing_token FROM projection_state WHERE name = ANY($1)")
-            .bind(&names[..])
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let tokens: Vec<i64> = column(&pool, "fencing_token", &names).await;
     assert!(
         tokens.iter().all(|&token| token >= 2),
         "every lease changed hands: {tokens:?}"

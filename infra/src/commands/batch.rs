@@ -22,6 +22,20 @@
 //!
 //! A failed COMMIT is the one error returned to every command of the batch: the outcome is
 //! unknown, and a retry with an idempotency key resolves it, as for a command run alone.
+//!
+//! A batch opens a transaction only when it claims idempotency keys (from its first
+//! statement, so the claims commit with the events they answer for). Otherwise (the common
+//! case, and every saga step) it reads and decides on the bare connection, and its append
+//! commits on its own: one round trip instead of three (`BEGIN`, the append, `COMMIT`); a
+//! snapshot due then follows the committed append (one that fails to save is logged, and
+//! loads start from an earlier one). Nothing is
+//! lost by it: at `READ COMMITTED` a read inside a transaction sees no more than one
+//! outside, and the append's unique key catches any other writer either way. Such an append
+//! that fails with an answer from PostgreSQL committed nothing; one whose answer is lost
+//! (the connection dropped) may have committed, and is reported like a failed COMMIT. It
+//! waits for another transaction's lock up to the session's `lock_timeout`, not
+//! [`BATCH_LOCK_TIMEOUT`]; each batch appends its aggregates in the order of their ids, so
+//! two batches never wait for each other in a cycle.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -43,10 +57,11 @@ use crate::keyed_lock::KeyGuard;
 /// Commands per batch at most.
 pub const MAX_BATCH: usize = 256;
 
-/// How long a batch waits for a lock another transaction holds (an idempotency key being
-/// used by a request in flight in another process, an aggregate version another process is
-/// appending) before it gives up and its commands run alone, where the usual
-/// `lock_timeout` applies. Short, because the whole batch waits.
+/// How long a batch that claims idempotency keys (and so runs in a transaction) waits for a
+/// lock another transaction holds (a key being used by a request in flight in another
+/// process, an aggregate version another process is appending) before it gives up and its
+/// commands run alone, where the usual `lock_timeout` applies. Short, because the whole
+/// batch waits. A batch without keys appends on its own, under the session's `lock_timeout`.
 pub const BATCH_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A command waiting for a batch.
@@ -185,23 +200,29 @@ where
         batch: &[Request<A>],
         replies: &mut [Option<Reply<A>>],
     ) -> Result<Option<Vec<(String, Cached<A>)>>, BatchFailed> {
-        use sqlx::Connection;
-        let mut tx = conn
-            .begin_with(format!(
-                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-                BATCH_LOCK_TIMEOUT.as_millis()
-            ))
-            .await
-            .map_err(|_| BatchFailed::Retry { conflict: false })?;
-        let written = match self.write(&mut tx, batch, replies).await {
+        let mut session = Session::Bare(conn);
+        if batch
+            .iter()
+            .any(|request| request.options.idempotency.is_some())
+        {
+            session = session
+                .begin()
+                .await
+                .map_err(|_| BatchFailed::Retry { conflict: false })?;
+        }
+        let written = match self.write(&mut session, batch, replies).await {
             Ok(Some(written)) => written,
             other => {
                 // End it now: the transaction may hold keys that other requests wait for.
-                let _ = tx.rollback().await;
+                if let Session::Open(tx) = session {
+                    let _ = tx.rollback().await;
+                }
                 return other.map(|_| None);
             }
         };
-        tx.commit().await.map_err(BatchFailed::Commit)?;
+        if let Session::Open(tx) = session {
+            tx.commit().await.map_err(BatchFailed::Commit)?;
+        }
         if written.appended {
             self.notifier.committed();
         }
@@ -214,13 +235,13 @@ where
     /// Everything of a batch but the commit. `None`: nothing to write.
     async fn write(
         &self,
-        conn: &mut PgConnection,
+        session: &mut Session<'_>,
         batch: &[Request<A>],
         replies: &mut [Option<Reply<A>>],
     ) -> Result<Option<Written<A>>, BatchFailed> {
-        let claimed = self.claim_keys(conn, batch, replies).await?;
+        let claimed = self.claim_keys(session.conn(), batch, replies).await?;
         let answered: Vec<bool> = replies.iter().map(Option::is_some).collect();
-        let mut preloaded = self.preload(conn, batch, &answered).await?;
+        let mut preloaded = self.preload(session.conn(), batch, &answered).await?;
         let mut tracks: HashMap<&str, Track<A>> = HashMap::new();
         let mut plans: Vec<Planned<A>> = Vec::new();
         for (index, request) in batch.iter().enumerate() {
@@ -230,7 +251,7 @@ where
             let id = request.aggregate_id.as_str();
             if !tracks.contains_key(id) {
                 let track = self
-                    .track(conn, id, &request.options, preloaded.remove(id))
+                    .track(session.conn(), id, &request.options, preloaded.remove(id))
                     .await?;
                 tracks.insert(id, track);
             }
@@ -254,7 +275,8 @@ where
             .map(IdempotencyKey::key)
             .collect();
         if !unplanned.is_empty() {
-            release_keys(conn, &unplanned)
+            // Claims were made in the transaction, which is open.
+            release_keys(session.conn(), &unplanned)
                 .await
                 .map_err(|_| BatchFailed::Retry { conflict: false })?;
         }
@@ -270,9 +292,13 @@ where
                 metadata
             })
             .collect();
-        let appending: Vec<usize> = (0..plans.len())
+        // In the order of the aggregates' ids (a stable sort: one aggregate's plans keep
+        // theirs), so that batches of two processes never wait for each other in a cycle.
+        let mut appending: Vec<usize> = (0..plans.len())
             .filter(|&index| !plans[index].events.is_empty())
             .collect();
+        appending.sort_by_key(|&index| batch[plans[index].request].aggregate_id.as_str());
+        let on_its_own = matches!(session, Session::Bare(_));
         let mut positions: Vec<Option<i64>> = plans.iter().map(|_| None).collect();
         // The one transaction this batch appends in.
         let mut transaction_id = None;
@@ -286,7 +312,7 @@ where
                     metadata: &metadata[index],
                 })
                 .collect();
-            match stream::append_many::<A>(conn, &parts).await {
+            match stream::append_many::<A>(session.conn(), &parts).await {
                 Ok(appended) => {
                     for (&index, appended) in appending.iter().zip(appended) {
                         positions[index] = Some(appended.last_position);
@@ -295,6 +321,13 @@ where
                 }
                 Err(AppendError::Conflict { .. }) => {
                     return Err(BatchFailed::Retry { conflict: true });
+                }
+                // On its own the append is its own transaction: without PostgreSQL's answer
+                // (an error it sent means nothing committed) the outcome is unknown.
+                Err(AppendError::Store(StoreError::Append { source, .. }))
+                    if on_its_own && !matches!(source, sqlx::Error::Database(_)) =>
+                {
+                    return Err(BatchFailed::Commit(source));
                 }
                 Err(AppendError::Store(_)) => return Err(BatchFailed::Retry { conflict: false }),
             }
@@ -325,12 +358,28 @@ where
             .collect();
         if let Some(policy) = self.policy.snapshot {
             for (id, track) in &tracks {
-                if track.last_plan.is_some()
-                    && stream::snapshot_due(policy, track.start_version, track.version)
+                if track.last_plan.is_none()
+                    || !stream::snapshot_due(policy, track.start_version, track.version)
                 {
-                    stream::save_snapshot(conn, id, &track.aggregate, track.version, policy)
-                        .await
-                        .map_err(|_| BatchFailed::Retry { conflict: false })?;
+                    continue;
+                }
+                let saved = stream::save_snapshot(
+                    session.conn(),
+                    id,
+                    &track.aggregate,
+                    track.version,
+                    policy,
+                )
+                .await;
+                match saved {
+                    Ok(()) => {}
+                    // The events are committed; loads start from an earlier snapshot.
+                    Err(err) if on_its_own => tracing::warn!(
+                        aggregate_id = %id,
+                        error = %crate::telemetry::err_chain(&err),
+                        "a snapshot was not saved"
+                    ),
+                    Err(_) => return Err(BatchFailed::Retry { conflict: false }),
                 }
             }
         }
@@ -342,7 +391,7 @@ where
                     let idempotency = batch[plan.request].options.idempotency.as_ref()?;
                     Some((idempotency, committed))
                 });
-            record_keys(conn, outcomes)
+            record_keys(session.conn(), outcomes)
                 .await
                 .map_err(|_| BatchFailed::Retry { conflict: false })?;
         }
@@ -585,6 +634,36 @@ where
             no_op_position: Ok(None),
         });
         None
+    }
+}
+
+/// The connection a batch runs on: bare, or in a transaction when the batch claims keys.
+enum Session<'c> {
+    Bare(&'c mut PgConnection),
+    Open(sqlx::Transaction<'c, sqlx::Postgres>),
+}
+
+impl<'c> Session<'c> {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Session::Bare(conn) => conn,
+            Session::Open(tx) => tx,
+        }
+    }
+
+    /// The same connection in a transaction (kept if one is open).
+    async fn begin(self) -> Result<Self, sqlx::Error> {
+        use sqlx::Connection;
+        match self {
+            Session::Bare(conn) => Ok(Session::Open(
+                conn.begin_with(format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                    BATCH_LOCK_TIMEOUT.as_millis()
+                ))
+                .await?,
+            )),
+            open => Ok(open),
+        }
     }
 }
 

@@ -280,7 +280,8 @@ pub struct StreamAppend<'a, E> {
 /// one's sequence. Positions are taken in the order of `appends`, and of events within
 /// each. Returns what each part appended, in order. On a conflict nothing is appended and
 /// the transaction is aborted; the conflict names the first stream (the database does not
-/// say which one collided).
+/// say which one collided). Outside a transaction the statement commits on its own, before
+/// this returns `Ok`.
 pub async fn append_many<A: Aggregate>(
     conn: &mut PgConnection,
     appends: &[StreamAppend<'_, A::Event>],

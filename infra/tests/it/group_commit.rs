@@ -282,3 +282,126 @@ async fn a_process_dying_mid_batch_loses_no_acknowledged_command_and_applies_non
         "each command took effect exactly once"
     );
 }
+
+/// A batch without idempotency keys appends on its own (no transaction around it), and in
+/// the order of its aggregates' ids whatever order its commands came in, so two processes'
+/// batches never wait for each other in a cycle.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_batch_appends_its_aggregates_in_the_order_of_their_ids(pool: PgPool) {
+    let skus: Vec<String> = (0..8).rev().map(|i| format!("SKU-{i}")).collect();
+    for sku in &skus {
+        registered_item(&pool, sku).await;
+    }
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    // Queued in descending order of id, while the first batch commits.
+    let tasks: Vec<_> = (0..3)
+        .flat_map(|_| skus.clone())
+        .map(|sku| {
+            let items = items.clone();
+            tokio::spawn(async move {
+                items
+                    .execute(&sku, restock(1), CommandOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("committed");
+    }
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT transaction_id::text, aggregate_id, sequence FROM events
+          WHERE event_type = 'InventoryItemRestocked' ORDER BY position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut by_transaction: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
+    for (transaction, id, sequence) in &rows {
+        by_transaction
+            .entry(transaction)
+            .or_default()
+            .push((id, *sequence));
+    }
+    let mut spanning = 0;
+    for appended in by_transaction.values() {
+        let mut sorted = appended.clone();
+        sorted.sort();
+        assert_eq!(appended, &sorted, "appended out of id order");
+        if appended
+            .iter()
+            .map(|(id, _)| id)
+            .collect::<HashSet<_>>()
+            .len()
+            > 1
+        {
+            spanning += 1;
+        }
+    }
+    assert!(
+        spanning > 0,
+        "no batch held two aggregates: {by_transaction:?}"
+    );
+}
+
+/// A process dies while batches without idempotency keys are in flight, each batch's append
+/// committing on its own. Every command it acknowledged is stored, none twice (each restock
+/// carries a quantity of its own).
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_process_dying_mid_batch_without_keys_loses_no_acknowledged_command(pool: PgPool) {
+    const COMMANDS: u32 = 400;
+    let skus = ["A", "B", "C"];
+    for sku in skus {
+        registered_item(&pool, sku).await;
+    }
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel();
+    let connect = pool.connect_options().as_ref().clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test setup");
+        runtime.block_on(async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(connect)
+                .await
+                .expect("test setup");
+            let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+            let count = Arc::new(AtomicUsize::new(0));
+            for units in 1..=COMMANDS {
+                let (items, acked, count) = (items.clone(), acked_tx.clone(), count.clone());
+                let sku = skus[units as usize % skus.len()];
+                tokio::spawn(async move {
+                    let options = CommandOptions::default();
+                    if items.execute(sku, restock(units), options).await.is_ok() {
+                        let _ = acked.send(units);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            while count.load(Ordering::SeqCst) < COMMANDS as usize / 5 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        runtime.shutdown_background();
+    })
+    .join()
+    .expect("the dying process's thread");
+    let acked: HashSet<u32> = acked_rx.try_iter().collect();
+    let stored: Vec<i64> = sqlx::query_scalar(
+        "SELECT jsonb_path_query_first(payload, '$.**.quantity')::bigint FROM events
+          WHERE event_type = 'InventoryItemRestocked'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let distinct: HashSet<u32> = stored.iter().map(|&q| u32::try_from(q).unwrap()).collect();
+    assert_eq!(distinct.len(), stored.len(), "a command took effect twice");
+    assert!(
+        acked.is_subset(&distinct),
+        "acknowledged commands were lost: {:?}",
+        acked.difference(&distinct).collect::<Vec<_>>()
+    );
+    assert!(acked.len() >= COMMANDS as usize / 5);
+}

@@ -3,8 +3,8 @@
 //! of what happened.
 //!
 //! Per batch: load the touched orders, evolve them in memory (order events guarded by the
-//! order's version, payment events by the payment's), write the changed rows back in one
-//! statement and the new timeline entries in another.
+//! order's version, payment events by the payment's), and write the changed rows and the
+//! new timeline entries back in one statement.
 
 use std::collections::HashMap;
 
@@ -441,9 +441,20 @@ impl Projection for OrderDetailsProjection {
             .values()
             .filter(|row| row.version > 0 && payments_before.get(&row.order_id) != Some(*row))
             .collect();
-        if !payments.is_empty() {
-            sqlx::query(
-                "INSERT INTO order_payments_v1 (order_id, payment_status, captured_minor,
+        let rows: Vec<&Row> = changes
+            .rows
+            .values()
+            .filter(|row| before.get(&row.order_id) != Some(*row))
+            .collect();
+        let timeline = &changes.timeline;
+        if payments.is_empty() && rows.is_empty() && timeline.is_empty() {
+            return Ok(());
+        }
+        // One statement for the three tables (a round trip instead of three inside the
+        // batch's transaction); a part with no rows inserts nothing.
+        sqlx::query(
+            "WITH payments AS (
+                 INSERT INTO order_payments_v1 (order_id, payment_status, captured_minor,
                         refunded_minor, version, updated_at, last_position)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
                         $5::bigint[], $6::timestamptz[], $7::bigint[])
@@ -451,88 +462,81 @@ impl Projection for OrderDetailsProjection {
                     SET payment_status = EXCLUDED.payment_status,
                         captured_minor = EXCLUDED.captured_minor,
                         refunded_minor = EXCLUDED.refunded_minor, version = EXCLUDED.version,
-                        updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position",
-            )
-            .bind(payments.iter().map(|r| r.order_id).collect::<Vec<_>>())
-            .bind(
-                payments
-                    .iter()
-                    .map(|r| r.payment_status.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                payments
-                    .iter()
-                    .map(|r| r.captured_minor)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                payments
-                    .iter()
-                    .map(|r| r.refunded_minor)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(payments.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(payments.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-            .bind(payments.iter().map(|r| r.last_position).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        let rows: Vec<&Row> = changes
-            .rows
-            .values()
-            .filter(|row| before.get(&row.order_id) != Some(*row))
-            .collect();
-        if !rows.is_empty() {
-            sqlx::query(
-                "INSERT INTO order_details_v1 (order_id, customer_id, status, currency, lines,
+                        updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position
+             ), details AS (
+                 INSERT INTO order_details_v1 (order_id, customer_id, status, currency, lines,
                         total_minor, cancel_reason, version, placed_at, updated_at, last_position)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                        $6::bigint[], $7::text[], $8::bigint[], $9::timestamptz[],
-                        $10::timestamptz[], $11::bigint[])
+                 SELECT * FROM UNNEST($8::uuid[], $9::uuid[], $10::text[], $11::text[],
+                        $12::jsonb[], $13::bigint[], $14::text[], $15::bigint[],
+                        $16::timestamptz[], $17::timestamptz[], $18::bigint[])
                  ON CONFLICT (order_id) DO UPDATE
                     SET status = EXCLUDED.status, lines = EXCLUDED.lines,
                         total_minor = EXCLUDED.total_minor, cancel_reason = EXCLUDED.cancel_reason,
                         version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
-                        last_position = EXCLUDED.last_position",
-            )
-            .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.cancel_reason.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        let timeline = &changes.timeline;
-        if !timeline.is_empty() {
-            sqlx::query(
-                "INSERT INTO order_timeline_v1 (order_id, position, event_id, at, source, event_type,
-                                                description)
-                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::timestamptz[],
-                                      $5::text[], $6::text[], $7::text[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(timeline.iter().map(|e| e.order_id).collect::<Vec<_>>())
-            .bind(timeline.iter().map(|e| e.position).collect::<Vec<_>>())
-            .bind(timeline.iter().map(|e| e.event_id).collect::<Vec<_>>())
-            .bind(timeline.iter().map(|e| e.at).collect::<Vec<_>>())
-            .bind(timeline.iter().map(|e| e.source).collect::<Vec<_>>())
-            .bind(timeline.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-            .bind(timeline.iter().map(|e| e.description.as_str()).collect::<Vec<_>>())
-            .execute(conn)
-            .await?;
-        }
+                        last_position = EXCLUDED.last_position
+             )
+             INSERT INTO order_timeline_v1 (order_id, position, event_id, at, source, event_type,
+                                            description)
+             SELECT * FROM UNNEST($19::uuid[], $20::bigint[], $21::uuid[], $22::timestamptz[],
+                                  $23::text[], $24::text[], $25::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(payments.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(
+            payments
+                .iter()
+                .map(|r| r.payment_status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            payments
+                .iter()
+                .map(|r| r.captured_minor)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            payments
+                .iter()
+                .map(|r| r.refunded_minor)
+                .collect::<Vec<_>>(),
+        )
+        .bind(payments.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(payments.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(payments.iter().map(|r| r.last_position).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.cancel_reason.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
+        .bind(timeline.iter().map(|e| e.order_id).collect::<Vec<_>>())
+        .bind(timeline.iter().map(|e| e.position).collect::<Vec<_>>())
+        .bind(timeline.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(timeline.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(timeline.iter().map(|e| e.source).collect::<Vec<_>>())
+        .bind(
+            timeline
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            timeline
+                .iter()
+                .map(|e| e.description.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
+        .await?;
         Ok(())
     }
 }

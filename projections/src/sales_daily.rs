@@ -8,7 +8,7 @@
 //!
 //! Per batch: load the memory of the touched orders and refunds, evolve it in memory while
 //! summing each day's increments, then write the memory back and add the increments to the
-//! day rows, one statement per table.
+//! day rows, in one statement.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -230,94 +230,94 @@ impl Projection for SalesDailyProjection {
             .values()
             .filter(|memo| before.get(&memo.order_id) != Some(*memo))
             .collect();
-        if !memos.is_empty() {
-            sqlx::query(
-                "INSERT INTO sales_daily_orders_v1 (order_id, currency, total_minor, confirmed, cancelled)
+        if memos.is_empty() && changes.new_refunds.is_empty() && changes.days.is_empty() {
+            return Ok(());
+        }
+        let days: Vec<(&(NaiveDate, String), &Increments)> = changes.days.iter().collect();
+        let column = |i: usize| {
+            days.iter()
+                .map(|(_, inc)| inc.cancelled[i])
+                .collect::<Vec<_>>()
+        };
+        // One statement for the three tables (a round trip instead of three inside the
+        // batch's transaction); a part with no rows inserts nothing.
+        sqlx::query(
+            "WITH memos AS (
+                 INSERT INTO sales_daily_orders_v1 (order_id, currency, total_minor, confirmed,
+                        cancelled)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[], $5::bool[])
                  ON CONFLICT (order_id) DO UPDATE
                     SET total_minor = EXCLUDED.total_minor, confirmed = EXCLUDED.confirmed,
-                        cancelled = EXCLUDED.cancelled",
-            )
-            .bind(memos.iter().map(|m| m.order_id).collect::<Vec<_>>())
-            .bind(memos.iter().map(|m| m.currency.as_str()).collect::<Vec<_>>())
-            .bind(memos.iter().map(|m| m.total_minor).collect::<Vec<_>>())
-            .bind(memos.iter().map(|m| m.confirmed).collect::<Vec<_>>())
-            .bind(memos.iter().map(|m| m.cancelled).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !changes.new_refunds.is_empty() {
-            sqlx::query(
-                "INSERT INTO sales_daily_refunds_v1 (refund_id) SELECT * FROM UNNEST($1::uuid[])",
-            )
-            .bind(&changes.new_refunds)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !changes.days.is_empty() {
-            let days: Vec<(&(NaiveDate, String), &Increments)> = changes.days.iter().collect();
-            let column = |i: usize| {
-                days.iter()
-                    .map(|(_, inc)| inc.cancelled[i])
-                    .collect::<Vec<_>>()
-            };
-            sqlx::query(
-                "INSERT INTO sales_daily_v1 (day, currency, orders_confirmed, revenue_minor,
-                        cancelled_customer_request, cancelled_out_of_stock,
-                        cancelled_payment_declined, cancelled_payment_timeout, refunds,
-                        refunded_minor, last_position)
-                 SELECT * FROM UNNEST($1::date[], $2::text[], $3::bigint[], $4::bigint[],
-                        $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                        $10::bigint[], $11::bigint[])
-                 ON CONFLICT (day, currency) DO UPDATE SET
-                    orders_confirmed = sales_daily_v1.orders_confirmed + EXCLUDED.orders_confirmed,
-                    revenue_minor = sales_daily_v1.revenue_minor + EXCLUDED.revenue_minor,
-                    cancelled_customer_request = sales_daily_v1.cancelled_customer_request
-                        + EXCLUDED.cancelled_customer_request,
-                    cancelled_out_of_stock = sales_daily_v1.cancelled_out_of_stock
-                        + EXCLUDED.cancelled_out_of_stock,
-                    cancelled_payment_declined = sales_daily_v1.cancelled_payment_declined
-                        + EXCLUDED.cancelled_payment_declined,
-                    cancelled_payment_timeout = sales_daily_v1.cancelled_payment_timeout
-                        + EXCLUDED.cancelled_payment_timeout,
-                    refunds = sales_daily_v1.refunds + EXCLUDED.refunds,
-                    refunded_minor = sales_daily_v1.refunded_minor + EXCLUDED.refunded_minor,
-                    last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)",
-            )
-            .bind(days.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
-            .bind(
-                days.iter()
-                    .map(|((_, currency), _)| currency.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                days.iter()
-                    .map(|(_, inc)| inc.orders_confirmed)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                days.iter()
-                    .map(|(_, inc)| inc.revenue_minor)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(0))
-            .bind(column(1))
-            .bind(column(2))
-            .bind(column(3))
-            .bind(days.iter().map(|(_, inc)| inc.refunds).collect::<Vec<_>>())
-            .bind(
-                days.iter()
-                    .map(|(_, inc)| inc.refunded_minor)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                days.iter()
-                    .map(|(_, inc)| inc.last_position)
-                    .collect::<Vec<_>>(),
-            )
-            .execute(conn)
-            .await?;
-        }
+                        cancelled = EXCLUDED.cancelled
+             ), refunds AS (
+                 INSERT INTO sales_daily_refunds_v1 (refund_id) SELECT * FROM UNNEST($6::uuid[])
+             )
+             INSERT INTO sales_daily_v1 (day, currency, orders_confirmed, revenue_minor,
+                    cancelled_customer_request, cancelled_out_of_stock,
+                    cancelled_payment_declined, cancelled_payment_timeout, refunds,
+                    refunded_minor, last_position)
+             SELECT * FROM UNNEST($7::date[], $8::text[], $9::bigint[], $10::bigint[],
+                    $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
+                    $16::bigint[], $17::bigint[])
+             ON CONFLICT (day, currency) DO UPDATE SET
+                orders_confirmed = sales_daily_v1.orders_confirmed + EXCLUDED.orders_confirmed,
+                revenue_minor = sales_daily_v1.revenue_minor + EXCLUDED.revenue_minor,
+                cancelled_customer_request = sales_daily_v1.cancelled_customer_request
+                    + EXCLUDED.cancelled_customer_request,
+                cancelled_out_of_stock = sales_daily_v1.cancelled_out_of_stock
+                    + EXCLUDED.cancelled_out_of_stock,
+                cancelled_payment_declined = sales_daily_v1.cancelled_payment_declined
+                    + EXCLUDED.cancelled_payment_declined,
+                cancelled_payment_timeout = sales_daily_v1.cancelled_payment_timeout
+                    + EXCLUDED.cancelled_payment_timeout,
+                refunds = sales_daily_v1.refunds + EXCLUDED.refunds,
+                refunded_minor = sales_daily_v1.refunded_minor + EXCLUDED.refunded_minor,
+                last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)",
+        )
+        .bind(memos.iter().map(|m| m.order_id).collect::<Vec<_>>())
+        .bind(
+            memos
+                .iter()
+                .map(|m| m.currency.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(memos.iter().map(|m| m.total_minor).collect::<Vec<_>>())
+        .bind(memos.iter().map(|m| m.confirmed).collect::<Vec<_>>())
+        .bind(memos.iter().map(|m| m.cancelled).collect::<Vec<_>>())
+        .bind(&changes.new_refunds)
+        .bind(days.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
+        .bind(
+            days.iter()
+                .map(|((_, currency), _)| currency.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            days.iter()
+                .map(|(_, inc)| inc.orders_confirmed)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            days.iter()
+                .map(|(_, inc)| inc.revenue_minor)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(0))
+        .bind(column(1))
+        .bind(column(2))
+        .bind(column(3))
+        .bind(days.iter().map(|(_, inc)| inc.refunds).collect::<Vec<_>>())
+        .bind(
+            days.iter()
+                .map(|(_, inc)| inc.refunded_minor)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            days.iter()
+                .map(|(_, inc)| inc.last_position)
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
+        .await?;
         Ok(())
     }
 }

@@ -714,7 +714,18 @@ impl<G: PaymentGateway + 'static> Runner<G> {
         saga: &Fulfillment,
         step: &str,
     ) -> Result<(), StepError> {
-        self.command(&self.payments, order, command, saga, step)
+        // Authorizing or declining opens the payment's stream (its id is the order's, and
+        // only the saga writes it): no load, a guess the append checks. A repeated step
+        // collides there and is decided again on a fresh load, as a no-op.
+        let options = CommandOptions {
+            new_aggregate: matches!(
+                command,
+                PaymentCommand::Authorize { .. } | PaymentCommand::Decline { .. }
+            ),
+            ..self.options(saga, step)
+        };
+        self.payments
+            .execute_with_events(order, command, options)
             .await
             .map(|_| ())
             .map_err(executor_error)

@@ -30,6 +30,53 @@ async fn transactions(pool: &PgPool, sku: &str) -> HashMap<i64, String> {
     .collect()
 }
 
+/// Sends commands `1..=commands` (each `command(i)` says which item, what and how) from a
+/// process of its own (a runtime and a pool of its own), kills it once a fifth is
+/// acknowledged, the rest queued or in a batch (every task stops where it is, every
+/// connection closes), and returns the acknowledged ones.
+fn dying_process(
+    pool: &PgPool,
+    commands: u32,
+    command: impl Fn(u32) -> (&'static str, InventoryCommand, CommandOptions) + Send + Sync + 'static,
+) -> HashSet<u32> {
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel();
+    let connect = pool.connect_options().as_ref().clone();
+    let command = Arc::new(command);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test setup");
+        runtime.block_on(async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(connect)
+                .await
+                .expect("test setup");
+            let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+            let count = Arc::new(AtomicUsize::new(0));
+            for i in 1..=commands {
+                let (items, acked, count) = (items.clone(), acked_tx.clone(), count.clone());
+                let (sku, command, options) = command(i);
+                tokio::spawn(async move {
+                    if items.execute(sku, command, options).await.is_ok() {
+                        let _ = acked.send(i);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            while count.load(Ordering::SeqCst) < commands as usize / 5 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        runtime.shutdown_background();
+    })
+    .join()
+    .expect("the dying process's thread");
+    acked_rx.try_iter().collect()
+}
+
 /// Fifty commands on one aggregate at once, from one process: every one commits, in far
 /// fewer transactions than commands, and none conflicts (one attempt each is allowed).
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -217,51 +264,17 @@ async fn without_group_commit_each_command_has_its_own_transaction(pool: PgPool)
 async fn a_process_dying_mid_batch_loses_no_acknowledged_command_and_applies_none_twice(
     pool: PgPool,
 ) {
-    const COMMANDS: usize = 500;
+    const COMMANDS: u32 = 500;
     registered_item(&pool, "SKU").await;
-    let (acked_tx, acked_rx) = std::sync::mpsc::channel();
-    let connect = pool.connect_options().as_ref().clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("test setup");
-        runtime.block_on(async {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .connect_with(connect)
-                .await
-                .expect("test setup");
-            let items = inventory(&pool, ExecutorPolicy::without_snapshots());
-            let count = Arc::new(AtomicUsize::new(0));
-            for i in 0..COMMANDS {
-                let (items, acked, count) = (items.clone(), acked_tx.clone(), count.clone());
-                tokio::spawn(async move {
-                    let options = keyed(&format!("k{i}"), 1);
-                    if items.execute("SKU", restock(1), options).await.is_ok() {
-                        let _ = acked.send(i);
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-            }
-            // Die once a fifth is acknowledged: the rest are queued or in a batch.
-            while count.load(Ordering::SeqCst) < COMMANDS / 5 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        });
-        // The kill: every task stops where it is, every connection closes.
-        runtime.shutdown_background();
-    })
-    .join()
-    .expect("the dying process's thread");
-    let acked: HashSet<usize> = acked_rx.try_iter().collect();
+    let acked = dying_process(&pool, COMMANDS, |i| {
+        ("SKU", restock(1), keyed(&format!("k{i}"), 1))
+    });
     eprintln!(
         "{} of {COMMANDS} commands acknowledged before the kill",
         acked.len()
     );
     let items = inventory(&pool, ExecutorPolicy::without_snapshots());
-    for i in 0..COMMANDS {
+    for i in 1..=COMMANDS {
         let retried = items
             .execute("SKU", restock(1), keyed(&format!("k{i}"), 1))
             .await
@@ -353,42 +366,10 @@ async fn a_process_dying_mid_batch_without_keys_loses_no_acknowledged_command(po
     for sku in skus {
         registered_item(&pool, sku).await;
     }
-    let (acked_tx, acked_rx) = std::sync::mpsc::channel();
-    let connect = pool.connect_options().as_ref().clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("test setup");
-        runtime.block_on(async {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .connect_with(connect)
-                .await
-                .expect("test setup");
-            let items = inventory(&pool, ExecutorPolicy::without_snapshots());
-            let count = Arc::new(AtomicUsize::new(0));
-            for units in 1..=COMMANDS {
-                let (items, acked, count) = (items.clone(), acked_tx.clone(), count.clone());
-                let sku = skus[units as usize % skus.len()];
-                tokio::spawn(async move {
-                    let options = CommandOptions::default();
-                    if items.execute(sku, restock(units), options).await.is_ok() {
-                        let _ = acked.send(units);
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-            }
-            while count.load(Ordering::SeqCst) < COMMANDS as usize / 5 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        });
-        runtime.shutdown_background();
-    })
-    .join()
-    .expect("the dying process's thread");
-    let acked: HashSet<u32> = acked_rx.try_iter().collect();
+    let acked = dying_process(&pool, COMMANDS, move |units| {
+        let sku = skus[units as usize % skus.len()];
+        (sku, restock(units), CommandOptions::default())
+    });
     let stored: Vec<i64> = sqlx::query_scalar(
         "SELECT jsonb_path_query_first(payload, '$.**.quantity')::bigint FROM events
           WHERE event_type = 'InventoryItemRestocked'",

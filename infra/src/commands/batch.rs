@@ -108,7 +108,7 @@ struct Track<A> {
     aggregate: A,
     version: u64,
     position: Option<i64>,
-    /// The state was a guess (cached, or assumed empty), not loaded in this transaction.
+    /// The state was a guess (cached, or assumed empty), not loaded by this batch.
     guessed: bool,
     /// A command on it was sent back to run alone: so are the later ones.
     tainted: bool,
@@ -239,15 +239,14 @@ where
         batch: &[Request<A>],
         replies: &mut [Option<Reply<A>>],
     ) -> Result<Option<Written<A>>, BatchFailed> {
-        let claimed = self.claim_keys(session.conn(), batch, replies).await?;
-        let answered: Vec<bool> = replies.iter().map(Option::is_some).collect();
-        let mut preloaded = self.preload(session.conn(), batch, &answered).await?;
+        // Every read before the first write. A transaction takes its id (the log's order)
+        // at its first write: one that claimed a key and then read an aggregate could append
+        // after an event it read, under a smaller id, and readers of the log would see the
+        // two swapped. Read first, an event this batch saw always has a smaller id than its
+        // own, and one it did not see makes its append collide.
+        let mut preloaded = self.preload(session.conn(), batch).await?;
         let mut tracks: HashMap<&str, Track<A>> = HashMap::new();
-        let mut plans: Vec<Planned<A>> = Vec::new();
-        for (index, request) in batch.iter().enumerate() {
-            if replies[index].is_some() {
-                continue;
-            }
+        for request in batch {
             let id = request.aggregate_id.as_str();
             if !tracks.contains_key(id) {
                 let track = self
@@ -255,7 +254,14 @@ where
                     .await?;
                 tracks.insert(id, track);
             }
-            let Some(track) = tracks.get_mut(id) else {
+        }
+        let claimed = self.claim_keys(session.conn(), batch, replies).await?;
+        let mut plans: Vec<Planned<A>> = Vec::new();
+        for (index, request) in batch.iter().enumerate() {
+            if replies[index].is_some() {
+                continue;
+            }
+            let Some(track) = tracks.get_mut(request.aggregate_id.as_str()) else {
                 continue;
             };
             if let Some(reply) = self.decide(track, index, request, &mut plans).await {
@@ -489,7 +495,6 @@ where
         &self,
         conn: &mut PgConnection,
         batch: &[Request<A>],
-        answered: &[bool],
     ) -> Result<HashMap<String, stream::Loaded<A>>, BatchFailed> {
         if self.policy.snapshot.is_some() {
             return Ok(HashMap::new());
@@ -498,9 +503,9 @@ where
         let mut ids: Vec<&str> = Vec::new();
         {
             let cache = self.cache();
-            for (index, request) in batch.iter().enumerate() {
+            for request in batch {
                 let id = request.aggregate_id.as_str();
-                if answered[index] || !seen.insert(id) {
+                if !seen.insert(id) {
                     continue;
                 }
                 if !request.options.new_aggregate && !cache.contains(id) {

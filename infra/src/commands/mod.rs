@@ -532,15 +532,6 @@ where
         options: &CommandOptions,
         guess: bool,
     ) -> Attempt<A> {
-        if let Some(idempotency) = &options.idempotency {
-            match claim_key(conn, idempotency, A::TYPE, aggregate_id).await {
-                Ok(Claim::Claimed) => {}
-                Ok(Claim::Replay(committed)) => {
-                    return Attempt::Done(committed, Vec::new(), None);
-                }
-                Err(err) => return Attempt::Failed(err.into_execute_error()),
-            }
-        }
         let mut cached = if guess {
             self.cache().get(aggregate_id).or_else(|| {
                 options.new_aggregate.then(|| Cached {
@@ -552,7 +543,9 @@ where
         } else {
             None
         };
-        let ((loaded_version, loaded_position), aggregate, events) = loop {
+        // Decided before the key is claimed: the claim is the transaction's first write,
+        // which gives it its id, the log's order (see `batch::write`).
+        let decided = loop {
             let from_cache = cached.is_some();
             let loaded = match cached.take() {
                 Some(cached) => stream::Loaded {
@@ -578,7 +571,7 @@ where
                 if from_cache {
                     continue;
                 }
-                return Attempt::Failed(ExecuteError::VersionMismatch {
+                break Err(ExecuteError::VersionMismatch {
                     expected,
                     actual: loaded.version,
                 });
@@ -592,14 +585,28 @@ where
                 if from_cache {
                     continue;
                 }
-                return Attempt::Failed(ExecuteError::Rejected(rejection));
+                break Err(ExecuteError::Rejected(rejection));
             }
             let events = sink.collect().await;
             if events.is_empty() && from_cache {
                 // A no-op is an answer about the current state: confirm it on a fresh load.
                 continue;
             }
-            break ((loaded.version, loaded.last_position), aggregate, events);
+            break Ok(((loaded.version, loaded.last_position), aggregate, events));
+        };
+        // A replay's answer is the first request's, whatever this one decided.
+        if let Some(idempotency) = &options.idempotency {
+            match claim_key(conn, idempotency, A::TYPE, aggregate_id).await {
+                Ok(Claim::Claimed) => {}
+                Ok(Claim::Replay(committed)) => {
+                    return Attempt::Done(committed, Vec::new(), None);
+                }
+                Err(err) => return Attempt::Failed(err.into_execute_error()),
+            }
+        }
+        let ((loaded_version, loaded_position), aggregate, events) = match decided {
+            Ok(decided) => decided,
+            Err(err) => return Attempt::Failed(err),
         };
         let (version, position, transaction_id) = if events.is_empty() {
             let position = match loaded_position {

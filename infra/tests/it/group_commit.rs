@@ -386,3 +386,83 @@ async fn a_process_dying_mid_batch_without_keys_loses_no_acknowledged_command(po
     );
     assert!(acked.len() >= COMMANDS as usize / 5);
 }
+
+/// Sequences of one aggregate in log order, `(transaction_id, position)`.
+async fn in_log_order(pool: &PgPool, sku: &str) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY transaction_id, position",
+    )
+    .bind(sku)
+    .fetch_all(pool)
+    .await
+    .expect("read the log")
+}
+
+/// A transaction gets its id at its first write, and the log is in the order of those ids:
+/// a batch that claimed a key (a write) before reading an aggregate could append after an
+/// event it read, under a smaller id, and readers of the log would see the two swapped.
+/// Here a batch's second key is held by a request in flight while another process appends
+/// to the batch's aggregate; the batch reads the aggregate before it claims, so its events
+/// come after that append in the log too.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_batch_waiting_for_a_key_never_appends_before_what_it_read(pool: PgPool) {
+    let other_process = registered_item(&pool, "SKU").await;
+    let items = inventory(&pool, ExecutorPolicy::without_snapshots());
+    // A request in flight elsewhere holds two keys.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (idempotency_key, request_hash, aggregate_type, aggregate_id)
+         SELECT k, '\\x00', 'inventory_item', 'ELSEWHERE' FROM UNNEST(ARRAY['held-0', 'held-1']) k",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    let run = |key: &'static str| {
+        let items = items.clone();
+        tokio::spawn(async move { items.execute("SKU", restock(1), keyed(key, 1)).await })
+    };
+    // The first batch waits for held-0 and gives up (its command runs alone, and waits on);
+    // meanwhile the next two queue, and make the second batch: it claims `first`, then waits
+    // for held-1.
+    let blocker = run("held-0");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let first = run("first");
+    let second = run("held-1");
+    tokio::time::sleep(std::time::Duration::from_millis(280)).await;
+    // While it waits, another process appends to the same aggregate.
+    other_process
+        .execute("SKU", restock(1), CommandOptions::default())
+        .await
+        .unwrap();
+    held.rollback().await.unwrap();
+    for task in [blocker, first, second] {
+        task.await.unwrap().expect("committed");
+    }
+    let sequences = in_log_order(&pool, "SKU").await;
+    assert_eq!(sequences, (1..=5).collect::<Vec<_>>(), "the log's order");
+}
+
+/// Two processes (two executors, each with its own cache and batches) write one aggregate
+/// at once, with idempotency keys: the log holds its events in sequence order.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn two_processes_writing_one_aggregate_keep_its_events_in_order_in_the_log(pool: PgPool) {
+    registered_item(&pool, "SKU").await;
+    let processes = [
+        inventory(&pool, ExecutorPolicy::without_snapshots()),
+        inventory(&pool, ExecutorPolicy::without_snapshots()),
+    ];
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let items = processes[i % 2].clone();
+            tokio::spawn(async move {
+                let options = keyed(&format!("k{i}"), 1);
+                items.execute("SKU", restock(1), options).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("committed");
+    }
+    let sequences = in_log_order(&pool, "SKU").await;
+    assert_eq!(sequences, (1..=301).collect::<Vec<_>>(), "the log's order");
+}

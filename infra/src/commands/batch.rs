@@ -172,8 +172,11 @@ where
                 for id in guards.keys() {
                     cache.forget(id);
                 }
+                // A refusal decided after another command's plan on the same aggregate rests
+                // on a state that may not have committed: every answer but "run alone"
+                // becomes the unknown outcome.
                 for reply in replies.iter_mut() {
-                    if matches!(reply, Some(Reply::Done(_)) | None) {
+                    if !matches!(reply, Some(Reply::Alone { .. })) {
                         *reply = Some(Reply::Failed(ExecuteError::Store(
                             StoreError::Transaction {
                                 operation: "commit",

@@ -413,9 +413,18 @@ where
                 Ok(batch::Reply::Done(done)) => return Ok(done),
                 Ok(batch::Reply::Failed(err)) => return Err(err),
                 Ok(batch::Reply::Alone { guess: with_guess }) => guess = with_guess,
-                // The committer failed (panicked) before answering: nothing of this command
-                // was committed.
-                Err(_) => guess = false,
+                // The committer stopped (panicked) before answering: its append may have
+                // committed (a batch without keys commits it on its own), so the command is
+                // not run again.
+                Err(_) => {
+                    return Err(ExecuteError::Store(StoreError::Transaction {
+                        operation: "commit",
+                        source: sqlx::Error::Protocol(
+                            "the group commit stopped before answering; the outcome is unknown"
+                                .to_owned(),
+                        ),
+                    }));
+                }
             }
         }
         self.execute_alone(aggregate_id, command, options, guess)
@@ -562,7 +571,8 @@ where
                 .await
                 {
                     Ok(loaded) => loaded,
-                    Err(err) => return Attempt::Failed(err.into()),
+                    // A replay is still answered, from the key, below.
+                    Err(err) => break Err(err.into()),
                 },
             };
             if let Some(expected) = options.expected_version

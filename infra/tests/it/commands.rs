@@ -170,6 +170,44 @@ async fn the_same_idempotency_key_replays_the_outcome_and_appends_nothing(pool: 
     assert_eq!(stream[1].idempotency_key.as_deref(), Some("k1"));
 }
 
+/// The key is claimed after the aggregate is read (ADR 0003, amended), and a retry is still
+/// answered from its key when the aggregate cannot be read any more (an event appended
+/// later does not decode); a new command on it fails.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_replay_is_answered_even_when_its_aggregate_no_longer_loads(pool: PgPool) {
+    let items = registered_item(&pool, "SKU").await;
+    let first = items
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         SELECT aggregate_type, aggregate_id, sequence + 1, event_type, event_version,
+                '{\"unreadable\": true}', metadata
+           FROM events WHERE aggregate_id = 'SKU' AND sequence = 2",
+    )
+    .execute(&pool)
+    .await
+    .expect("test setup");
+    let fresh = inventory(&pool, ExecutorPolicy::without_snapshots());
+    let again = fresh
+        .execute("SKU", restock(5), keyed("k1", 1))
+        .await
+        .expect("the replay");
+    assert!(again.replayed);
+    assert_eq!(
+        (again.version, again.position),
+        (first.version, first.position)
+    );
+    let refused = fresh
+        .execute("SKU", restock(5), keyed("k2", 1))
+        .await
+        .expect_err("the aggregate does not load");
+    assert!(matches!(refused, ExecuteError::Store(_)), "{refused:?}");
+    assert_eq!(event_count(&pool).await, 3);
+}
+
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn the_same_key_with_another_request_is_refused(pool: PgPool) {
     let items = registered_item(&pool, "SKU").await;

@@ -16,7 +16,7 @@ use crate::event_store::{Checkpoint, StoreError, StoredEvent, log};
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-pub use group::Group;
+pub use group::{Group, Stepped};
 pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for, listen_for_events};
 pub use worker::{CHECKPOINTS_CHANNEL, CheckpointNotice, Outcome, Worker, WorkerError};
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infra::projection::{ApplyError, Decoded, Group, Outcome, Projection, WorkerError};
+use infra::projection::{ApplyError, Decoded, Group, Outcome, Projection, Stepped, WorkerError};
 use projections::inventory::InventoryProjection;
 use projections::order_details::OrderDetailsProjection;
 use sqlx::{PgConnection, PgPool};
@@ -99,6 +99,23 @@ async fn state(pool: &PgPool, name: &str) -> (String, i64) {
         .fetch_one(pool)
         .await
         .expect("the projection's row")
+}
+
+/// Steps until a step finds events: until the history is settled (other tests'
+/// transactions can hold it back), a step finds nothing.
+async fn first_step_with_events(together: &mut Group) -> Vec<Stepped> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stepped = together.step().await;
+        if stepped
+            .iter()
+            .any(|s| !matches!(s.outcome, Ok(Outcome::Idle)))
+        {
+            return stepped;
+        }
+        assert!(Instant::now() < deadline, "the history never settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
@@ -266,20 +283,7 @@ async fn a_member_whose_lease_was_taken_over_is_not_applied_by_the_joint_batch(p
     .unwrap();
     shop.history().await;
 
-    // Until the history is settled (other tests' transactions can hold it back), a step
-    // finds nothing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stepped = loop {
-        let stepped = together.step().await;
-        if stepped
-            .iter()
-            .any(|s| !matches!(s.outcome, Ok(Outcome::Idle)))
-        {
-            break stepped;
-        }
-        assert!(Instant::now() < deadline, "the history never settled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let stepped = first_step_with_events(&mut together).await;
     let order_details = stepped
         .iter()
         .find(|s| s.projection == "order_details")
@@ -402,20 +406,7 @@ async fn after_a_transient_failure_the_joint_members_back_off_together_then_go_o
         failed: AtomicBool::new(false),
     }));
     let mut together = group(&pool, members).await;
-    // Until the history is settled (other tests' transactions can hold it back), a step
-    // finds nothing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let failed = loop {
-        let stepped = together.step().await;
-        if stepped
-            .iter()
-            .any(|s| !matches!(s.outcome, Ok(Outcome::Idle)))
-        {
-            break stepped;
-        }
-        assert!(Instant::now() < deadline, "the history never settled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let failed = first_step_with_events(&mut together).await;
     // Every member of the batch is told, none stepped alone.
     assert_eq!(failed.len(), 4);
     assert!(

@@ -708,6 +708,44 @@ async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline
     shop.stop().await;
 }
 
+/// The process dies right after a payment was authorized (at the gateway and in the
+/// payment's stream) and before the saga saved it; a new process, with nothing cached,
+/// repeats the step. Its first payment command guesses an empty stream (no load), collides
+/// with the event already there and is decided again on a fresh load, as a no-op.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_new_process_repeating_an_authorization_appends_nothing_twice(pool: PgPool) {
+    let crashed = Arc::new(AtomicBool::new(false));
+    let crash: CrashAfter = {
+        let crashed = crashed.clone();
+        Arc::new(move |action: &Action| {
+            matches!(action, Action::Authorize { .. }) && !crashed.swap(true, Ordering::SeqCst)
+        })
+    };
+    let simulator = simulator_at(([127, 0, 0, 1], 0).into()).await;
+    let options = ProcessOptions {
+        config: runner_config(Duration::from_secs(30)),
+        gateway_url: simulator.clone(),
+        twice: false,
+        crash_after: Some(crash),
+    };
+    let mut shop = Fulfilment::start_with(pool, simulator, options).await;
+    shop.register("MUG", 5, 1250).await;
+    let order = shop.place(&[("MUG", 1)], "tok_visa").await;
+    let deadline = std::time::Instant::now() + SETTLE;
+    while !crashed.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "never authorized");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shop.restart().await;
+    shop.wait_for_stage(&order, &["confirmed"], SETTLE).await;
+    assert_eq!(shop.ledger_kinds(&order).await, ["authorize", "capture"]);
+    assert_eq!(
+        shop.events_of("payment", &order).await,
+        ["PaymentAuthorized", "PaymentCaptured"]
+    );
+    shop.stop().await;
+}
+
 /// Applies the trigger, then fails its first batch: the worker rolls it back and applies
 /// the events again.
 struct FailsFirstBatch {

@@ -234,8 +234,10 @@ pub async fn main() -> ExitCode {
 
 async fn connect(url: &str) -> Result<PgPool, Failure> {
     PgPoolOptions::new()
-        // A rebuild of all four: a transaction per projection and one reading ahead.
-        .max_connections(8)
+        // A rebuild of all four: a transaction per projection and one reading ahead during
+        // the pass; then, per projection, its index build and a comparison per table at
+        // once (twelve in all), so none waits for another's long statement.
+        .max_connections(16)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await

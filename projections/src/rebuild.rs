@@ -304,38 +304,39 @@ fn read_ahead(
 /// Rows added, removed and changed in `schema`'s copy of each table, against live: the two
 /// joined on the table's key (a hash join on the key's own types) and compared column by
 /// column (`IS DISTINCT FROM`, so a NULL equals a NULL). Both copies have the same columns:
-/// the shadow is made `LIKE` the live table.
+/// the shadow is made `LIKE` the live table. The tables are compared at once, each on a
+/// connection of its own.
 pub async fn diff(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     schema: &str,
     tables: &[Table],
 ) -> Result<Vec<TableDiff>, sqlx::Error> {
-    let mut diffs = Vec::new();
-    for table in tables {
-        let on = table
-            .key
-            .iter()
-            .map(|c| format!("s.{c} = l.{c}", c = quoted(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let sql = format!(
-            "SELECT count(*) FILTER (WHERE l.ctid IS NULL) AS added,
-                    count(*) FILTER (WHERE s.ctid IS NULL) AS removed,
-                    count(*) FILTER (WHERE s.ctid IS NOT NULL AND l.ctid IS NOT NULL
-                                       AND ROW(s.*) IS DISTINCT FROM ROW(l.*)) AS changed
-               FROM {schema}.{name} s FULL JOIN public.{name} l ON {on}",
-            schema = quoted(schema),
-            name = quoted(table.name),
-        );
-        let row = sqlx::query(&sql).fetch_one(&mut *conn).await?;
-        diffs.push(TableDiff {
-            table: table.name.to_owned(),
-            added: row.try_get("added")?,
-            removed: row.try_get("removed")?,
-            changed: row.try_get("changed")?,
-        });
-    }
-    Ok(diffs)
+    futures::future::try_join_all(tables.iter().map(|table| diff_table(pool, schema, table))).await
+}
+
+async fn diff_table(pool: &PgPool, schema: &str, table: &Table) -> Result<TableDiff, sqlx::Error> {
+    let on = table
+        .key
+        .iter()
+        .map(|c| format!("s.{c} = l.{c}", c = quoted(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE l.ctid IS NULL) AS added,
+                count(*) FILTER (WHERE s.ctid IS NULL) AS removed,
+                count(*) FILTER (WHERE s.ctid IS NOT NULL AND l.ctid IS NOT NULL
+                                   AND ROW(s.*) IS DISTINCT FROM ROW(l.*)) AS changed
+           FROM {schema}.{name} s FULL JOIN public.{name} l ON {on}",
+        schema = quoted(schema),
+        name = quoted(table.name),
+    );
+    let row = sqlx::query(&sql).fetch_one(pool).await?;
+    Ok(TableDiff {
+        table: table.name.to_owned(),
+        added: row.try_get("added")?,
+        removed: row.try_get("removed")?,
+        changed: row.try_get("changed")?,
+    })
 }
 
 /// Whether any event (settled or not) lies after `checkpoint`.
@@ -777,19 +778,26 @@ async fn finish(
     build_seconds: f64,
 ) -> Result<Report, RebuildError> {
     let projection = target.projection.as_ref();
-    // Indexing the rows is the build's last step.
-    let indexing = Instant::now();
-    let mut conn = pool.acquire().await.map_err(database("connect"))?;
-    build_indexes(&mut conn, &target.schema, projection.tables())
-        .await
-        .map_err(database("index the shadow tables"))?;
-    let build_seconds = build_seconds + indexing.elapsed().as_secs_f64();
-    let verifying = Instant::now();
-    let diff = diff(&mut conn, &target.schema, projection.tables())
-        .await
-        .map_err(database("compare with live"))?;
-    drop(conn);
-    let verify_seconds = verifying.elapsed().as_secs_f64();
+    // Indexing the rows is the build's last step; the comparison with live needs no index
+    // (it hash-joins), so the two run at once, on connections of their own.
+    let indexing = async {
+        let started = Instant::now();
+        let mut conn = pool.acquire().await.map_err(database("connect"))?;
+        build_indexes(&mut conn, &target.schema, projection.tables())
+            .await
+            .map_err(database("index the shadow tables"))?;
+        Ok::<_, RebuildError>(started.elapsed().as_secs_f64())
+    };
+    let verifying = async {
+        let started = Instant::now();
+        let diff = diff(pool, &target.schema, projection.tables())
+            .await
+            .map_err(database("compare with live"))?;
+        Ok::<_, RebuildError>((diff, started.elapsed().as_secs_f64()))
+    };
+    let (indexed, verified) = futures::future::join(indexing, verifying).await;
+    let build_seconds = build_seconds + indexed?;
+    let (diff, verify_seconds) = verified?;
     match mode {
         Mode::DryRun => {
             let mut conn = pool.acquire().await.map_err(database("connect"))?;

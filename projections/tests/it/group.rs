@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::helpers::{
     Shop, caught_up, delegating_to, drain, fast_config, rewind, rows, wait_until_caught_up, worker,
 };
-use crate::runtime::{Recording, applied, process_pool};
+use crate::runtime::{Recording, applied, create_applied, process_pool};
 
 async fn group(pool: &PgPool, projections: Vec<Arc<dyn Projection>>) -> Group {
     Group::register(pool.clone(), projections, fast_config())
@@ -461,10 +461,7 @@ where
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn two_projectors_never_both_apply_and_the_standby_takes_every_projection_over(pool: PgPool) {
-    sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL, worker text NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_applied(&pool).await;
     let shop = Shop::new(&pool);
     shop.history().await;
     let (stop, stopped) = tokio::sync::watch::channel(false);

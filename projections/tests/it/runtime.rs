@@ -206,6 +206,14 @@ impl Projection for Recording {
     }
 }
 
+/// The table `Recording` writes each application into, with the worker that made it.
+pub(crate) async fn create_applied(pool: &PgPool) {
+    sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL, worker text NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("test setup");
+}
+
 pub(crate) async fn applied(pool: &PgPool) -> (i64, i64, Vec<String>) {
     sqlx::query_as(
         "SELECT count(*), count(DISTINCT event_id), COALESCE(array_agg(DISTINCT worker), '{}') FROM applied",
@@ -217,10 +225,7 @@ pub(crate) async fn applied(pool: &PgPool) -> (i64, i64, Vec<String>) {
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn two_workers_on_one_projection_never_both_apply_and_the_standby_takes_over(pool: PgPool) {
-    sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL, worker text NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_applied(&pool).await;
     let shop = Shop::new(&pool);
     shop.item("HOT", 1, 0).await;
     let (stop, stopped) = watch::channel(false);
@@ -298,10 +303,7 @@ async fn two_workers_on_one_projection_never_both_apply_and_the_standby_takes_ov
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_worker_whose_lease_was_taken_over_cannot_commit(pool: PgPool) {
-    sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL, worker text NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_applied(&pool).await;
     let shop = Shop::new(&pool);
     shop.item("SKU", 1, 0).await;
     // A heartbeat too slow to notice anything during the test: the zombie believes it

@@ -653,17 +653,16 @@ async fn two_hundred_concurrent_orders_settle_consistently_when_the_saga_worker_
     two_hundred_orders(pool, true).await;
 }
 
-/// The runner saves a saga only where it must (entering `Charging`, compensating, waiting):
-/// a crash after a happy-path step repeats the steps since the last save, harmlessly, and
-/// the payment deadline, set on entering `Charging` and saved then, does not move.
-#[sqlx::test(migrator = "infra::db::MIGRATOR")]
-async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline(pool: PgPool) {
+/// A shop whose saga process crashes once, right after the first step `kind` matches (before
+/// saving its outcome); the flag turns true when it did.
+async fn crashing_once_after(
+    pool: PgPool,
+    kind: fn(&Action) -> bool,
+) -> (Fulfilment, Arc<AtomicBool>) {
     let crashed = Arc::new(AtomicBool::new(false));
     let crash: CrashAfter = {
         let crashed = crashed.clone();
-        Arc::new(move |action: &Action| {
-            matches!(action, Action::Capture { .. }) && !crashed.swap(true, Ordering::SeqCst)
-        })
+        Arc::new(move |action: &Action| kind(action) && !crashed.swap(true, Ordering::SeqCst))
     };
     let simulator = simulator_at(([127, 0, 0, 1], 0).into()).await;
     let options = ProcessOptions {
@@ -672,7 +671,19 @@ async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline
         twice: false,
         crash_after: Some(crash),
     };
-    let shop = Fulfilment::start_with(pool, simulator, options).await;
+    (
+        Fulfilment::start_with(pool, simulator, options).await,
+        crashed,
+    )
+}
+
+/// The runner saves a saga only where it must (entering `Charging`, compensating, waiting):
+/// a crash after a happy-path step repeats the steps since the last save, harmlessly, and
+/// the payment deadline, set on entering `Charging` and saved then, does not move.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline(pool: PgPool) {
+    let (shop, crashed) =
+        crashing_once_after(pool, |action| matches!(action, Action::Capture { .. })).await;
     shop.register("MUG", 5, 1250).await;
     let order = shop.place(&[("MUG", 1)], "tok_visa").await;
     // The crash after the capture leaves the saga as last saved: charging, until the claim
@@ -714,21 +725,8 @@ async fn a_crash_after_an_unsaved_step_repeats_it_and_keeps_the_payment_deadline
 /// with the event already there and is decided again on a fresh load, as a no-op.
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_new_process_repeating_an_authorization_appends_nothing_twice(pool: PgPool) {
-    let crashed = Arc::new(AtomicBool::new(false));
-    let crash: CrashAfter = {
-        let crashed = crashed.clone();
-        Arc::new(move |action: &Action| {
-            matches!(action, Action::Authorize { .. }) && !crashed.swap(true, Ordering::SeqCst)
-        })
-    };
-    let simulator = simulator_at(([127, 0, 0, 1], 0).into()).await;
-    let options = ProcessOptions {
-        config: runner_config(Duration::from_secs(30)),
-        gateway_url: simulator.clone(),
-        twice: false,
-        crash_after: Some(crash),
-    };
-    let mut shop = Fulfilment::start_with(pool, simulator, options).await;
+    let (mut shop, crashed) =
+        crashing_once_after(pool, |action| matches!(action, Action::Authorize { .. })).await;
     shop.register("MUG", 5, 1250).await;
     let order = shop.place(&[("MUG", 1)], "tok_visa").await;
     let deadline = std::time::Instant::now() + SETTLE;

@@ -103,6 +103,25 @@ async fn state(pool: &PgPool, name: &str) -> (String, i64) {
 
 /// Steps until a step finds events: until the history is settled (other tests'
 /// transactions can hold it back), a step finds nothing.
+/// Waits until every event in the log is settled: below the oldest transaction still open
+/// anywhere on the server (other tests' included), so one read returns all of them.
+async fn wait_until_settled(pool: &PgPool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let unsettled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("test setup");
+        if unsettled == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the history never settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn first_step_with_events(together: &mut Group) -> Vec<Stepped> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -406,6 +425,8 @@ async fn after_a_transient_failure_the_joint_members_back_off_together_then_go_o
         failed: AtomicBool::new(false),
     }));
     let mut together = group(&pool, members).await;
+    // The first batch must hold order details' events: read the whole history at once.
+    wait_until_settled(&pool).await;
     let failed = first_step_with_events(&mut together).await;
     // Every member of the batch is told, none stepped alone.
     assert_eq!(failed.len(), 4);

@@ -159,13 +159,30 @@ impl Projection for CustomerOrdersProjection {
         if changed.is_empty() {
             return Ok(());
         }
+        // Rows the load did not find are new (this projection is its tables' one writer):
+        // a plain INSERT spares them the conflict check's extra index probe; the others
+        // update through ON CONFLICT, which finds them by their key.
         sqlx::query(
-            "INSERT INTO customer_orders_v1 (customer_id, order_id, placed_at, placed_position,
+            "WITH changed AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[],
+                                      $5::text[], $6::text[], $7::bigint[], $8::int[],
+                                      $9::bigint[], $10::bigint[], $11::bool[])
+                     AS c(customer_id, order_id, placed_at, placed_position, status, currency,
+                          total_minor, line_count, version, last_position, existing)
+             ), new_rows AS (
+                 INSERT INTO customer_orders_v1 (customer_id, order_id, placed_at,
+                        placed_position, status, currency, total_minor, line_count, version,
+                        last_position)
+                 SELECT customer_id, order_id, placed_at, placed_position, status, currency,
+                        total_minor, line_count, version, last_position
+                   FROM changed WHERE NOT existing
+             )
+             INSERT INTO customer_orders_v1 (customer_id, order_id, placed_at, placed_position,
                                              status, currency, total_minor, line_count, version,
                                              last_position)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[],
-                                  $5::text[], $6::text[], $7::bigint[], $8::int[], $9::bigint[],
-                                  $10::bigint[])
+             SELECT customer_id, order_id, placed_at, placed_position, status, currency,
+                    total_minor, line_count, version, last_position
+               FROM changed WHERE existing
              ON CONFLICT (order_id) DO UPDATE
                 SET status = EXCLUDED.status, total_minor = EXCLUDED.total_minor,
                     version = EXCLUDED.version, last_position = EXCLUDED.last_position",
@@ -195,6 +212,12 @@ impl Projection for CustomerOrdersProjection {
         .bind(changed.iter().map(|r| r.line_count).collect::<Vec<_>>())
         .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
         .bind(changed.iter().map(|r| r.last_position).collect::<Vec<_>>())
+        .bind(
+            changed
+                .iter()
+                .map(|r| before.contains_key(&r.order_id))
+                .collect::<Vec<_>>(),
+        )
         .execute(conn)
         .await?;
         Ok(())

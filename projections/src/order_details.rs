@@ -451,24 +451,51 @@ impl Projection for OrderDetailsProjection {
             return Ok(());
         }
         // One statement for the three tables (a round trip instead of three inside the
-        // batch's transaction); a part with no rows inserts nothing.
+        // batch's transaction); a part with no rows inserts nothing. Rows the loads did not
+        // find are new (this projection is its tables' one writer): a plain INSERT spares
+        // them the conflict check's extra index probe; the others update through ON
+        // CONFLICT, which finds them by their key.
         sqlx::query(
-            "WITH payments AS (
+            "WITH changed_payments AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
+                        $5::bigint[], $6::timestamptz[], $7::bigint[], $26::bool[])
+                     AS p(order_id, payment_status, captured_minor, refunded_minor, version,
+                          updated_at, last_position, existing)
+             ), new_payments AS (
                  INSERT INTO order_payments_v1 (order_id, payment_status, captured_minor,
                         refunded_minor, version, updated_at, last_position)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
-                        $5::bigint[], $6::timestamptz[], $7::bigint[])
+                 SELECT order_id, payment_status, captured_minor, refunded_minor, version,
+                        updated_at, last_position
+                   FROM changed_payments WHERE NOT existing
+             ), payments AS (
+                 INSERT INTO order_payments_v1 (order_id, payment_status, captured_minor,
+                        refunded_minor, version, updated_at, last_position)
+                 SELECT order_id, payment_status, captured_minor, refunded_minor, version,
+                        updated_at, last_position
+                   FROM changed_payments WHERE existing
                  ON CONFLICT (order_id) DO UPDATE
                     SET payment_status = EXCLUDED.payment_status,
                         captured_minor = EXCLUDED.captured_minor,
                         refunded_minor = EXCLUDED.refunded_minor, version = EXCLUDED.version,
                         updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position
+             ), changed_details AS (
+                 SELECT * FROM UNNEST($8::uuid[], $9::uuid[], $10::text[], $11::text[],
+                        $12::jsonb[], $13::bigint[], $14::text[], $15::bigint[],
+                        $16::timestamptz[], $17::timestamptz[], $18::bigint[], $27::bool[])
+                     AS d(order_id, customer_id, status, currency, lines, total_minor,
+                          cancel_reason, version, placed_at, updated_at, last_position, existing)
+             ), new_details AS (
+                 INSERT INTO order_details_v1 (order_id, customer_id, status, currency, lines,
+                        total_minor, cancel_reason, version, placed_at, updated_at, last_position)
+                 SELECT order_id, customer_id, status, currency, lines, total_minor,
+                        cancel_reason, version, placed_at, updated_at, last_position
+                   FROM changed_details WHERE NOT existing
              ), details AS (
                  INSERT INTO order_details_v1 (order_id, customer_id, status, currency, lines,
                         total_minor, cancel_reason, version, placed_at, updated_at, last_position)
-                 SELECT * FROM UNNEST($8::uuid[], $9::uuid[], $10::text[], $11::text[],
-                        $12::jsonb[], $13::bigint[], $14::text[], $15::bigint[],
-                        $16::timestamptz[], $17::timestamptz[], $18::bigint[])
+                 SELECT order_id, customer_id, status, currency, lines, total_minor,
+                        cancel_reason, version, placed_at, updated_at, last_position
+                   FROM changed_details WHERE existing
                  ON CONFLICT (order_id) DO UPDATE
                     SET status = EXCLUDED.status, lines = EXCLUDED.lines,
                         total_minor = EXCLUDED.total_minor, cancel_reason = EXCLUDED.cancel_reason,
@@ -533,6 +560,17 @@ impl Projection for OrderDetailsProjection {
             timeline
                 .iter()
                 .map(|e| e.description.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            payments
+                .iter()
+                .map(|r| payments_before.contains_key(&r.order_id))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| before.contains_key(&r.order_id))
                 .collect::<Vec<_>>(),
         )
         .execute(conn)

@@ -240,12 +240,24 @@ impl Projection for SalesDailyProjection {
                 .collect::<Vec<_>>()
         };
         // One statement for the three tables (a round trip instead of three inside the
-        // batch's transaction); a part with no rows inserts nothing.
+        // batch's transaction); a part with no rows inserts nothing. Memos the load did not
+        // find are new (this projection is its tables' one writer): a plain INSERT spares
+        // them the conflict check's extra index probe.
         sqlx::query(
-            "WITH memos AS (
+            "WITH changed_memos AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[],
+                                      $5::bool[], $18::bool[])
+                     AS m(order_id, currency, total_minor, confirmed, cancelled, existing)
+             ), new_memos AS (
                  INSERT INTO sales_daily_orders_v1 (order_id, currency, total_minor, confirmed,
                         cancelled)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[], $5::bool[])
+                 SELECT order_id, currency, total_minor, confirmed, cancelled
+                   FROM changed_memos WHERE NOT existing
+             ), memos AS (
+                 INSERT INTO sales_daily_orders_v1 (order_id, currency, total_minor, confirmed,
+                        cancelled)
+                 SELECT order_id, currency, total_minor, confirmed, cancelled
+                   FROM changed_memos WHERE existing
                  ON CONFLICT (order_id) DO UPDATE
                     SET total_minor = EXCLUDED.total_minor, confirmed = EXCLUDED.confirmed,
                         cancelled = EXCLUDED.cancelled
@@ -314,6 +326,12 @@ impl Projection for SalesDailyProjection {
         .bind(
             days.iter()
                 .map(|(_, inc)| inc.last_position)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            memos
+                .iter()
+                .map(|m| before.contains_key(&m.order_id))
                 .collect::<Vec<_>>(),
         )
         .execute(conn)

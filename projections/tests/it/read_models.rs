@@ -222,3 +222,40 @@ async fn a_build_from_scratch_reproduces_every_row(pool: PgPool) {
     build_all(&pool).await;
     assert_eq!(snapshot(&pool).await, before);
 }
+
+/// A row the batch's load did not find is written with a plain `INSERT`, one it found
+/// through `ON CONFLICT ... DO UPDATE`: a build one event per batch (every event after an
+/// order's first updates rows written by an earlier batch) and a build in one batch (every
+/// row new) must give the same rows.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn one_event_per_batch_and_one_batch_for_all_give_the_same_rows(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    let build = |batch_size: u32| {
+        let pool = pool.clone();
+        async move {
+            for projection in projections::all() {
+                let config = infra::projection::WorkerConfig {
+                    batch_size,
+                    ..crate::helpers::fast_config()
+                };
+                let mut worker =
+                    infra::projection::Worker::register(pool.clone(), projection, config)
+                        .await
+                        .expect("register the worker");
+                assert_eq!(drain(&pool, &mut worker).await, Outcome::Idle);
+            }
+        }
+    };
+    build(1).await;
+    let one_by_one = snapshot(&pool).await;
+    assert!(one_by_one.iter().take(5).all(|table| !table.is_empty()));
+    for table in TABLES {
+        sqlx::query(&format!("TRUNCATE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    rewind(&pool).await;
+    build(10_000).await;
+    assert_eq!(snapshot(&pool).await, one_by_one);
+}

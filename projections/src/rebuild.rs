@@ -125,9 +125,13 @@ fn quoted(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// Creates `schema` with empty copies of the live tables (same columns, keys, indexes), but
-/// without the indexes of an [`insert_only`](Table::insert_only) table: [`build_indexes`]
-/// adds those once its rows are in.
+/// Creates `schema` with empty copies of the live tables (same columns, defaults and
+/// constraints other than indexes), each with only the index its handler needs while the
+/// rows go in: the unique index on its [`key`](Table::key), which the batches' loads and
+/// `ON CONFLICT` use, and none for an [`insert_only`](Table::insert_only) table.
+/// [`build_indexes`] adds the others (secondary indexes, a primary key on other columns)
+/// once the rows are in: maintaining them row by row costs more than building them from
+/// the finished rows (ADR 0006). Run again on a shadow that exists, it changes nothing.
 pub async fn create_shadow(
     conn: &mut PgConnection,
     schema: &str,
@@ -138,80 +142,167 @@ pub async fn create_shadow(
         .await?;
     for table in tables {
         sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {}.{} (LIKE public.{} INCLUDING ALL{})",
+            "CREATE TABLE IF NOT EXISTS {}.{} (LIKE public.{} INCLUDING ALL EXCLUDING INDEXES)",
             quoted(schema),
             quoted(table.name),
             quoted(table.name),
-            if table.insert_only {
-                " EXCLUDING INDEXES"
-            } else {
-                ""
-            }
         ))
         .execute(&mut *conn)
         .await?;
+        if table.insert_only {
+            continue;
+        }
+        let live = live_indexes(&mut *conn, table).await?;
+        let Some(key) = live.iter().find(|index| index.on_key(table)) else {
+            return Err(sqlx::Error::Protocol(format!(
+                "public.{} has no unique index on its key ({}), which its projection's writes need",
+                table.name,
+                table.key.join(", ")
+            )));
+        };
+        add_missing_indexes(&mut *conn, schema, table, std::slice::from_ref(key)).await?;
     }
     Ok(())
 }
 
-/// Gives each [`insert_only`](Table::insert_only) shadow table the indexes (and primary
-/// key) of its live table, built from the rows in one pass each, in one transaction per
-/// table: a crash or a failure leaves it with all of them or none. A table that has indexes
-/// already (built by an earlier, interrupted run, or created with them by an older build)
-/// is left as it is.
+/// One index of a live table, as [`live_indexes`] reads it from the catalog.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct LiveIndex {
+    name: String,
+    /// `pg_get_indexdef`: `CREATE [UNIQUE] INDEX name ON public.table USING ...`.
+    definition: String,
+    /// The constraint it backs: `p` (primary key), `u` (unique), or none.
+    constraint: Option<String>,
+    unique: bool,
+    /// Its key columns, when it has no expressions and no predicate.
+    columns: Option<Vec<String>>,
+}
+
+impl LiveIndex {
+    /// Whether it is the unique index on exactly `table`'s key columns (in any order).
+    fn on_key(&self, table: &Table) -> bool {
+        let Some(columns) = &self.columns else {
+            return false;
+        };
+        let mut columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let mut key: Vec<&str> = table.key.to_vec();
+        columns.sort_unstable();
+        key.sort_unstable();
+        self.unique && columns == key
+    }
+
+    /// The definition without its name and table (`UNIQUE USING btree (order_id)`), to
+    /// recognise the same index on another table whatever it is called.
+    fn shape(definition: &str) -> String {
+        let rest = definition
+            .split_once(" INDEX ")
+            .map_or(definition, |(_, r)| r);
+        let unique = definition.starts_with("CREATE UNIQUE ");
+        let after_on = rest.split_once(" ON ").map_or(rest, |(_, r)| r);
+        let after_table = after_on.split_once(' ').map_or("", |(_, r)| r);
+        format!("{}{after_table}", if unique { "UNIQUE " } else { "" })
+    }
+}
+
+/// The live table's indexes, the primary key first.
+async fn live_indexes(
+    conn: &mut PgConnection,
+    table: &Table,
+) -> Result<Vec<LiveIndex>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition,
+                (SELECT con.contype::text FROM pg_constraint con
+                  WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+                    AND con.contype IN ('p', 'u')) AS \"constraint\",
+                i.indisunique AS \"unique\",
+                CASE WHEN i.indexprs IS NULL AND i.indpred IS NULL THEN
+                     ARRAY(SELECT a.attname::text
+                             FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS k(attnum)
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
+                END AS columns
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = $1::regclass
+          ORDER BY i.indisprimary DESC, c.relname",
+    )
+    .bind(format!("public.{}", quoted(table.name)))
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Gives the shadow copy of `table` each of `wanted` (live indexes) it has no index of the
+/// same shape for, under the live index's name, with the constraint (primary key, unique)
+/// that index backs on the live table.
+async fn add_missing_indexes(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &Table,
+    wanted: &[LiveIndex],
+) -> Result<(), sqlx::Error> {
+    let shadow = format!("{}.{}", quoted(schema), quoted(table.name));
+    let present: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = $1::regclass",
+    )
+    .bind(&shadow)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut present: Vec<String> = present.iter().map(|d| LiveIndex::shape(d)).collect();
+    for index in wanted {
+        let shape = LiveIndex::shape(&index.definition);
+        if present.contains(&shape) {
+            continue;
+        }
+        // The same index on the shadow table (an index lives in its table's schema, so the
+        // name is free there). Never run a definition that still names the live table.
+        let on_shadow = [
+            format!(" ON public.{} ", table.name),
+            format!(" ON public.{} ", quoted(table.name)),
+        ]
+        .into_iter()
+        .find(|on_live| index.definition.contains(on_live.as_str()))
+        .map(|on_live| {
+            index
+                .definition
+                .replacen(&on_live, &format!(" ON {shadow} "), 1)
+        })
+        .ok_or_else(|| {
+            sqlx::Error::Protocol(format!(
+                "cannot point the index definition `{}` at the shadow table",
+                index.definition
+            ))
+        })?;
+        sqlx::query(&on_shadow).execute(&mut *conn).await?;
+        let kind = match index.constraint.as_deref() {
+            Some("p") => Some("PRIMARY KEY"),
+            Some("u") => Some("UNIQUE"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            sqlx::query(&format!(
+                "ALTER TABLE {shadow} ADD CONSTRAINT {name} {kind} USING INDEX {name}",
+                name = quoted(&index.name)
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        present.push(shape);
+    }
+    Ok(())
+}
+
+/// Gives each shadow table the indexes (and primary key and unique constraints) of its live
+/// table that [`create_shadow`] left out, each built from the rows in one pass, in one
+/// transaction per table: a crash or a failure leaves it with all of them or none of
+/// those. An index the shadow has already (built by an earlier, interrupted run, or
+/// created with the table by an older build) is not built again.
 pub async fn build_indexes(
     conn: &mut PgConnection,
     schema: &str,
     tables: &[Table],
 ) -> Result<(), sqlx::Error> {
-    for table in tables.iter().filter(|table| table.insert_only) {
-        let shadow = format!("{}.{}", quoted(schema), quoted(table.name));
+    for table in tables {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let indexed: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass)",
-        )
-        .bind(&shadow)
-        .fetch_one(&mut *tx)
-        .await?;
-        if indexed {
-            tx.rollback().await?;
-            continue;
-        }
-        let live: Vec<(String, String, bool)> = sqlx::query_as(
-            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid), i.indisprimary
-               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-              WHERE i.indrelid = $1::regclass
-              ORDER BY i.indisprimary DESC, c.relname",
-        )
-        .bind(format!("public.{}", quoted(table.name)))
-        .fetch_all(&mut *tx)
-        .await?;
-        for (index, definition, primary) in live {
-            // `CREATE [UNIQUE] INDEX name ON public.table USING ...`: the same index on the
-            // shadow table (an index lives in its table's schema, so the name is free there).
-            // Never run a definition that still names the live table.
-            let on_shadow = [
-                format!(" ON public.{} ", table.name),
-                format!(" ON public.{} ", quoted(table.name)),
-            ]
-            .into_iter()
-            .find(|on_live| definition.contains(on_live.as_str()))
-            .map(|on_live| definition.replacen(&on_live, &format!(" ON {shadow} "), 1))
-            .ok_or_else(|| {
-                sqlx::Error::Protocol(format!(
-                    "cannot point the index definition `{definition}` at the shadow table"
-                ))
-            })?;
-            sqlx::query(&on_shadow).execute(&mut *tx).await?;
-            if primary {
-                sqlx::query(&format!(
-                    "ALTER TABLE {shadow} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}",
-                    name = quoted(&index)
-                ))
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        let live = live_indexes(&mut tx, table).await?;
+        add_missing_indexes(&mut tx, schema, table, &live).await?;
         tx.commit().await?;
     }
     Ok(())

@@ -93,12 +93,16 @@ pub trait Projection: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Table {
     pub name: &'static str,
-    /// The columns of its primary key, to compare builds row by row.
+    /// The columns that identify a row: the live table must have a unique index on exactly
+    /// these (its loads and `ON CONFLICT` use it). Builds are compared row by row on them,
+    /// and a rebuild fills the shadow copy with that index alone, building the table's
+    /// other indexes from the finished rows (ADR 0006).
     pub key: &'static [&'static str],
     /// `apply` only ever inserts into this table, with no conflict target (`ON CONFLICT DO
-    /// NOTHING`), and never reads it back: a rebuild then fills the shadow copy without its
-    /// indexes and builds them once, from the finished rows, before verifying. Maintaining a
-    /// B-tree keyed by random UUIDs row by row was the largest cost of a rebuild (ADR 0006).
+    /// NOTHING`), and never reads it back: a rebuild then fills the shadow copy without any
+    /// index, not even the key's, and builds them once, from the finished rows, before
+    /// verifying. Maintaining a B-tree keyed by random UUIDs row by row was the largest cost
+    /// of a rebuild (ADR 0006).
     pub insert_only: bool,
 }
 

@@ -1115,3 +1115,82 @@ async fn the_cli_exit_codes_are_as_documented(pool: PgPool) {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// A table's indexes as (name, definition without name and table, constraint it backs).
+async fn indexes_and_constraints(
+    pool: &PgPool,
+    table: &str,
+) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT c.relname::text,
+                regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '\\1'),
+                (SELECT con.contype::text FROM pg_constraint con
+                  WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = $1::regclass ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .expect("read the catalog")
+}
+
+/// While its rows go in, a shadow table has only the unique index on its key (the loads and
+/// `ON CONFLICT` need it); its primary key on other columns and its secondary indexes are
+/// built after the pass, and the table swapped in has every index and constraint the live
+/// one had, under the same names.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_shadow_is_filled_with_only_its_key_index_and_swapped_in_with_every_index(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let live = indexes_and_constraints(&pool, "public.customer_orders_v1").await;
+    assert_eq!(live.len(), 3, "{live:?}");
+    let stop = AtomicBool::new(false);
+    let projection: Arc<dyn Projection> =
+        Arc::new(projections::customer_orders::CustomerOrdersProjection);
+    let small = Options {
+        batch_size: 5,
+        keep_old: false,
+    };
+    rebuild::rebuild(
+        &pool,
+        projection.clone(),
+        Mode::Swap,
+        small,
+        |done, _| {
+            if done > 0 {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+        &stop,
+    )
+    .await
+    .expect_err("interrupted");
+    let shadow = "rebuild_customer_orders.customer_orders_v1";
+    assert!(!rows(&pool, shadow).await.is_empty());
+    assert_eq!(
+        indexes_and_constraints(&pool, shadow).await,
+        vec![(
+            "customer_orders_v1_order_id_key".to_owned(),
+            "UNIQUE USING btree (order_id)".to_owned(),
+            Some("u".to_owned())
+        )],
+        "mid-build: the key's index alone"
+    );
+
+    let report = rebuild::rebuild(&pool, projection, Mode::Swap, small, |_, _| {}, &never())
+        .await
+        .unwrap();
+    assert!(report.resumed && report.swapped);
+    assert_eq!(
+        indexes_and_constraints(&pool, "public.customer_orders_v1").await,
+        live
+    );
+    assert_live_equals_a_fresh_build(&pool).await;
+    // The primary key holds on the swapped-in table.
+    let duplicate =
+        sqlx::query("INSERT INTO customer_orders_v1 SELECT * FROM customer_orders_v1 LIMIT 1")
+            .execute(&pool)
+            .await;
+    assert!(duplicate.is_err());
+}

@@ -149,10 +149,12 @@ pub async fn create_shadow(
         ))
         .execute(&mut *conn)
         .await?;
+        // Read for every table, so one with a constraint a rebuild cannot reproduce is
+        // refused before anything is built.
+        let live = live_indexes(&mut *conn, table).await?;
         if table.insert_only {
             continue;
         }
-        let live = live_indexes(&mut *conn, table).await?;
         let Some(key) = live.iter().find(|index| index.on_key(table)) else {
             return Err(sqlx::Error::Protocol(format!(
                 "public.{} has no unique index on its key ({}), which its projection's writes need",
@@ -171,7 +173,8 @@ struct LiveIndex {
     name: String,
     /// `pg_get_indexdef`: `CREATE [UNIQUE] INDEX name ON public.table USING ...`.
     definition: String,
-    /// The constraint it backs: `p` (primary key), `u` (unique), or none.
+    /// The constraint it backs: `p` (primary key), `u` (unique), `x` (exclusion), followed
+    /// by ` deferrable` when it is; or none.
     constraint: Option<String>,
     unique: bool,
     /// Its key columns, when it has no expressions and no predicate.
@@ -209,11 +212,12 @@ async fn live_indexes(
     conn: &mut PgConnection,
     table: &Table,
 ) -> Result<Vec<LiveIndex>, sqlx::Error> {
-    sqlx::query_as(
+    let indexes: Vec<LiveIndex> = sqlx::query_as(
         "SELECT c.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition,
-                (SELECT con.contype::text FROM pg_constraint con
+                (SELECT con.contype::text || CASE WHEN con.condeferrable THEN ' deferrable' ELSE '' END
+                   FROM pg_constraint con
                   WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid
-                    AND con.contype IN ('p', 'u')) AS \"constraint\",
+                    AND con.contype IN ('p', 'u', 'x')) AS \"constraint\",
                 i.indisunique AS \"unique\",
                 CASE WHEN i.indexprs IS NULL AND i.indpred IS NULL THEN
                      ARRAY(SELECT a.attname::text
@@ -221,12 +225,27 @@ async fn live_indexes(
                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
                 END AS columns
            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-          WHERE i.indrelid = $1::regclass
+          WHERE i.indrelid = $1::regclass AND i.indisvalid AND i.indislive
           ORDER BY i.indisprimary DESC, c.relname",
     )
     .bind(format!("public.{}", quoted(table.name)))
     .fetch_all(&mut *conn)
-    .await
+    .await?;
+    // `USING INDEX` attaches a primary key or a unique constraint, not deferred, and no
+    // exclusion constraint: refuse what would come back different instead of dropping it.
+    if let Some(index) = indexes
+        .iter()
+        .find(|index| !matches!(index.constraint.as_deref(), None | Some("p" | "u")))
+    {
+        return Err(sqlx::Error::Protocol(format!(
+            "public.{}'s index {} backs a constraint a rebuild cannot reproduce ({}): \
+             exclusion and deferrable constraints are not supported",
+            table.name,
+            index.name,
+            index.constraint.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(indexes)
 }
 
 /// Gives the shadow copy of `table` each of `wanted` (live indexes) it has no index of the
@@ -246,6 +265,7 @@ async fn add_missing_indexes(
     .fetch_all(&mut *conn)
     .await?;
     let mut present: Vec<String> = present.iter().map(|d| LiveIndex::shape(d)).collect();
+    let mut constraints: Vec<(&str, &String)> = Vec::new();
     for index in wanted {
         let shape = LiveIndex::shape(&index.definition);
         if present.contains(&shape) {
@@ -271,20 +291,22 @@ async fn add_missing_indexes(
             ))
         })?;
         sqlx::query(&on_shadow).execute(&mut *conn).await?;
-        let kind = match index.constraint.as_deref() {
-            Some("p") => Some("PRIMARY KEY"),
-            Some("u") => Some("UNIQUE"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            sqlx::query(&format!(
-                "ALTER TABLE {shadow} ADD CONSTRAINT {name} {kind} USING INDEX {name}",
-                name = quoted(&index.name)
-            ))
-            .execute(&mut *conn)
-            .await?;
+        match index.constraint.as_deref() {
+            Some("p") => constraints.push(("PRIMARY KEY", &index.name)),
+            Some("u") => constraints.push(("UNIQUE", &index.name)),
+            _ => {}
         }
         present.push(shape);
+    }
+    // After every index is built: attaching a constraint locks the table exclusively, which
+    // waits for a comparison reading it; the builds themselves do not.
+    for (kind, name) in constraints {
+        sqlx::query(&format!(
+            "ALTER TABLE {shadow} ADD CONSTRAINT {name} {kind} USING INDEX {name}",
+            name = quoted(name)
+        ))
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -615,7 +637,15 @@ async fn prepare(
             }
         }
     }
-    create_shadow(&mut conn, &schema, tables)
+    // One transaction: an index and the constraint it backs come together or not at all,
+    // so a run that died here finds the shadow whole or absent.
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(database("begin"))?;
+    create_shadow(&mut tx, &schema, tables)
+        .await
+        .map_err(database("create the shadow tables"))?;
+    tx.commit()
         .await
         .map_err(database("create the shadow tables"))?;
     Ok(Target {

@@ -1125,7 +1125,8 @@ async fn indexes_and_constraints(
         "SELECT c.relname::text,
                 regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '\\1'),
                 (SELECT con.contype::text FROM pg_constraint con
-                  WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid)
+                  WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+                    AND con.contype IN ('p', 'u', 'x'))
            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
           WHERE i.indrelid = $1::regclass ORDER BY 1",
     )
@@ -1193,4 +1194,51 @@ async fn a_shadow_is_filled_with_only_its_key_index_and_swapped_in_with_every_in
             .execute(&pool)
             .await;
     assert!(duplicate.is_err());
+}
+
+/// `USING INDEX` cannot bring back an exclusion constraint or a deferrable one: a table with
+/// either is refused before anything is built, and live is left as it was.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_table_with_a_constraint_a_rebuild_cannot_reproduce_is_refused(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let projection: Arc<dyn Projection> =
+        Arc::new(projections::customer_orders::CustomerOrdersProjection);
+    for constraint in [
+        "ALTER TABLE customer_orders_v1 ADD CONSTRAINT one_per_position UNIQUE (placed_position) DEFERRABLE",
+        "ALTER TABLE customer_orders_v1 ADD CONSTRAINT one_per_position EXCLUDE USING btree (placed_position WITH =)",
+    ] {
+        sqlx::query(constraint).execute(&pool).await.unwrap();
+        let before = rows(&pool, "customer_orders_v1").await;
+        let err = rebuild::rebuild(
+            &pool,
+            projection.clone(),
+            Mode::Swap,
+            Options::default(),
+            |_, _| {},
+            &never(),
+        )
+        .await
+        .expect_err("refused");
+        let message = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert!(message.contains("one_per_position"), "{message}");
+        assert!(message.contains("not supported"), "{message}");
+        let events_applied: Option<i64> = sqlx::query_scalar(
+            "SELECT events_applied FROM projection_rebuilds WHERE name = 'customer_orders'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        assert_eq!(events_applied.unwrap_or(0), 0, "nothing built");
+        assert_eq!(rows(&pool, "customer_orders_v1").await, before);
+        sqlx::query("ALTER TABLE customer_orders_v1 DROP CONSTRAINT one_per_position")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
 }

@@ -187,7 +187,9 @@ impl From<RebuildError> for Failure {
         match err {
             RebuildError::NotRebuildable(_) => Failure::NotFound(err.to_string()),
             RebuildError::Interrupted { .. } => Failure::Interrupted(err.to_string()),
-            RebuildError::Poison { .. } => Failure::Refused(infra::telemetry::err_chain(&err)),
+            RebuildError::Poison { .. } | RebuildError::AlreadyRunning(_) => {
+                Failure::Refused(infra::telemetry::err_chain(&err))
+            }
             other => Failure::Failed(other.into()),
         }
     }

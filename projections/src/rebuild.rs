@@ -114,6 +114,10 @@ pub enum RebuildError {
     Pass(#[source] Arc<RebuildError>),
     #[error("the rebuild stopped before this projection was finished")]
     NotFinished,
+    #[error(
+        "a rebuild of {0} is already running (another `ordo projections rebuild` building into the same tables); wait for it to finish or stop it"
+    )]
+    AlreadyRunning(String),
 }
 
 fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> RebuildError {
@@ -532,7 +536,33 @@ pub async fn rebuild_many(
         projections.iter().map(|_| None).collect();
     // (index in `projections`, its part in the pass)
     let mut active: Vec<(usize, Target)> = Vec::new();
+    let mut locks = match RebuildLocks::acquire(pool).await {
+        Ok(locks) => locks,
+        Err(err) => {
+            let err = database("connect")(err);
+            if projections.len() == 1 {
+                return vec![Err(err)];
+            }
+            let shared = Arc::new(err);
+            return projections
+                .iter()
+                .map(|_| Err(RebuildError::Pass(shared.clone())))
+                .collect();
+        }
+    };
     for (index, projection) in projections.iter().enumerate() {
+        let name = projection.name();
+        match locks.take(&schema_name(name, mode)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                results[index] = Some(Err(RebuildError::AlreadyRunning(name.to_owned())));
+                continue;
+            }
+            Err(err) => {
+                results[index] = Some(Err(database("take the rebuild's lock")(err)));
+                continue;
+            }
+        }
         match prepare(pool, projection.clone(), mode).await {
             Ok(target) => active.push((index, target)),
             Err(err) => results[index] = Some(Err(err)),
@@ -556,10 +586,85 @@ pub async fn rebuild_many(
     for (index, report) in futures::future::join_all(finishing).await {
         results[index] = Some(report);
     }
+    locks.release().await;
     results
         .into_iter()
         .map(|r| r.unwrap_or(Err(RebuildError::NotFinished)))
         .collect()
+}
+
+/// The schema a rebuild (or a dry run) of `name` builds in.
+fn schema_name(name: &str, mode: Mode) -> String {
+    match mode {
+        Mode::Swap => format!("rebuild_{name}"),
+        Mode::DryRun => format!("scratch_{name}"),
+    }
+}
+
+/// One rebuild (or dry run) per projection at a time, across processes: a session advisory
+/// lock per shadow schema, held on a connection of its own for the whole run. Two runs
+/// building into the same shadow would apply each batch twice (or drop each other's
+/// scratch tables). The locks end with the session, so a run that dies leaves none behind.
+struct RebuildLocks {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    held: Vec<String>,
+}
+
+impl RebuildLocks {
+    async fn acquire(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            conn: Some(pool.acquire().await?),
+            held: Vec::new(),
+        })
+    }
+
+    /// Takes the lock for `schema`; false when another session holds it.
+    async fn take(&mut self, schema: &str) -> Result<bool, sqlx::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(false);
+        };
+        let taken: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended('rebuild:' || $1, 0))",
+        )
+        .bind(schema)
+        .fetch_one(&mut **conn)
+        .await?;
+        if taken {
+            self.held.push(schema.to_owned());
+        }
+        Ok(taken)
+    }
+
+    /// Gives the locks back, and the connection to the pool without them (or, if that
+    /// fails, closes it, which ends them).
+    async fn release(mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        for schema in std::mem::take(&mut self.held) {
+            let released =
+                sqlx::query("SELECT pg_advisory_unlock(hashtextextended('rebuild:' || $1, 0))")
+                    .bind(&schema)
+                    .execute(&mut *conn)
+                    .await;
+            if released.is_err() {
+                drop(conn.detach());
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for RebuildLocks {
+    /// Dropped without [`release`](Self::release) (the run's future was cancelled): the
+    /// connection must not go back to the pool still holding the locks, so it is closed.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && !self.held.is_empty()
+        {
+            drop(conn.detach());
+        }
+    }
 }
 
 /// Registers the projection and its rebuild, and makes its shadow tables: a rebuild of the
@@ -582,10 +687,7 @@ async fn prepare(
         .execute(&mut *conn)
         .await
         .map_err(database("register the projection"))?;
-    let schema = match mode {
-        Mode::Swap => format!("rebuild_{name}"),
-        Mode::DryRun => format!("scratch_{name}"),
-    };
+    let schema = schema_name(name, mode);
     let mut checkpoint = Checkpoint::START;
     let mut resumed = false;
     match mode {

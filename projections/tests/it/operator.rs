@@ -1242,3 +1242,68 @@ async fn a_table_with_a_constraint_a_rebuild_cannot_reproduce_is_refused(pool: P
             .unwrap();
     }
 }
+
+/// One rebuild of a projection at a time: while another session (another `ordo`) holds a
+/// projection's rebuild, a second one is refused before it touches anything, and goes
+/// ahead once the first is done; a dry run builds elsewhere, so it is not held up. A
+/// finished run leaves its lock free.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_second_rebuild_of_the_same_projection_is_refused_while_one_runs(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let projection: Arc<dyn Projection> =
+        Arc::new(projections::customer_orders::CustomerOrdersProjection);
+    let run = |mode: Mode| {
+        let pool = pool.clone();
+        let projection = projection.clone();
+        async move {
+            rebuild::rebuild(
+                &pool,
+                projection,
+                mode,
+                Options::default(),
+                |_, _| {},
+                &never(),
+            )
+            .await
+        }
+    };
+    let lock =
+        "SELECT pg_advisory_lock(hashtextextended('rebuild:' || 'rebuild_customer_orders', 0))";
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query(lock).execute(&mut *other).await.unwrap();
+
+    let err = run(Mode::Swap).await.expect_err("refused");
+    assert!(
+        matches!(err, RebuildError::AlreadyRunning(ref name) if name == "customer_orders"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already running"), "{err}");
+    let shadow: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'rebuild_customer_orders')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!shadow, "nothing built");
+    let dry = run(Mode::DryRun)
+        .await
+        .expect("a dry run builds in its own schema");
+    assert!(!dry.swapped);
+
+    sqlx::query(
+        "SELECT pg_advisory_unlock(hashtextextended('rebuild:' || 'rebuild_customer_orders', 0))",
+    )
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let report = run(Mode::Swap).await.expect("the first one is done");
+    assert!(report.swapped);
+    let free: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('rebuild:' || 'rebuild_customer_orders', 0))",
+    )
+    .fetch_one(&mut *other)
+    .await
+    .unwrap();
+    assert!(free, "the finished run gave its lock back");
+}

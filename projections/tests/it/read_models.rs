@@ -31,6 +31,17 @@ async fn build_all(pool: &PgPool) {
     }
 }
 
+/// Empties every read model and moves every projection back to the start of the log.
+async fn start_over(pool: &PgPool) {
+    for table in TABLES {
+        sqlx::query(&format!("TRUNCATE {table}"))
+            .execute(pool)
+            .await
+            .expect("empty a read model");
+    }
+    rewind(pool).await;
+}
+
 async fn snapshot(pool: &PgPool) -> Vec<Vec<Value>> {
     let mut all = Vec::new();
     for table in TABLES {
@@ -212,13 +223,7 @@ async fn a_build_from_scratch_reproduces_every_row(pool: PgPool) {
     build_all(&pool).await;
     let before = snapshot(&pool).await;
     assert!(before.iter().take(5).all(|table| !table.is_empty()));
-    for table in TABLES {
-        sqlx::query(&format!("TRUNCATE {table}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    rewind(&pool).await;
+    start_over(&pool).await;
     build_all(&pool).await;
     assert_eq!(snapshot(&pool).await, before);
 }
@@ -249,13 +254,7 @@ async fn one_event_per_batch_and_one_batch_for_all_give_the_same_rows(pool: PgPo
     build(1).await;
     let one_by_one = snapshot(&pool).await;
     assert!(one_by_one.iter().take(5).all(|table| !table.is_empty()));
-    for table in TABLES {
-        sqlx::query(&format!("TRUNCATE {table}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    rewind(&pool).await;
+    start_over(&pool).await;
     build(10_000).await;
     assert_eq!(snapshot(&pool).await, one_by_one);
 }

@@ -601,6 +601,9 @@ fn schema_name(name: &str, mode: Mode) -> String {
     }
 }
 
+/// How long a rebuild waits for another run's lock before it is refused.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// One rebuild (or dry run) per projection at a time, across processes: a session advisory
 /// lock per shadow schema, held on a connection of its own for the whole run. Two runs
 /// building into the same shadow would apply each batch twice (or drop each other's
@@ -618,21 +621,30 @@ impl RebuildLocks {
         })
     }
 
-    /// Takes the lock for `schema`; false when another session holds it.
+    /// Takes the lock for `schema`; false when another session still holds it after
+    /// [`LOCK_WAIT`]. The wait covers a run killed just before: PostgreSQL ends its session,
+    /// and the lock with it, only when it notices the client gone.
     async fn take(&mut self, schema: &str) -> Result<bool, sqlx::Error> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(false);
         };
-        let taken: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtextextended('rebuild:' || $1, 0))",
-        )
-        .bind(schema)
-        .fetch_one(&mut **conn)
-        .await?;
-        if taken {
-            self.held.push(schema.to_owned());
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let taken: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtextextended('rebuild:' || $1, 0))",
+            )
+            .bind(schema)
+            .fetch_one(&mut **conn)
+            .await?;
+            if taken {
+                self.held.push(schema.to_owned());
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(taken)
     }
 
     /// Gives the locks back, and the connection to the pool without them (or, if that

@@ -88,6 +88,11 @@ enum ProjectionsCommand {
         /// Keep the replaced tables in a `retired_…` schema.
         #[arg(long)]
         keep_old: bool,
+        /// Rows a build from empty tables may hold in memory per projection: it folds the
+        /// log in memory and writes each row once, then, beyond this, writes them out and
+        /// goes on batch by batch. 0 builds batch by batch from the start.
+        #[arg(long, default_value_t = rebuild::Options::default().fold_rows)]
+        fold_rows: usize,
         #[command(flatten)]
         json: Json,
     },
@@ -346,6 +351,7 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
             dry_run,
             batch_size,
             keep_old,
+            fold_rows,
             json,
         } => {
             let targets: Vec<Arc<dyn Projection>> = if all {
@@ -367,6 +373,7 @@ async fn projections(pool: &PgPool, command: ProjectionsCommand) -> Result<(), F
             let options = rebuild::Options {
                 batch_size,
                 keep_old,
+                fold_rows,
             };
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(

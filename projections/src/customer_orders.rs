@@ -11,7 +11,9 @@ use cqrs_es::Aggregate;
 use domain::order::{Order, OrderEvent, OrderStatus};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table, View};
+use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
+
+use crate::copy::Copy;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -142,28 +144,46 @@ impl Projection for CustomerOrdersProjection {
         .await?;
         let mut rows: HashMap<Uuid, Row> = loaded.into_iter().map(|r| (r.order_id, r)).collect();
         let before = rows.clone();
-        for decoded in events {
-            if let DomainEvent::Order(event) = &decoded.event {
-                evolve(
-                    &mut rows,
-                    order_id(&decoded.stored)?,
-                    &decoded.stored,
-                    event,
-                );
-            }
-        }
+        evolve_all(&mut rows, events)?;
         let changed: Vec<&Row> = rows
             .values()
             .filter(|row| before.get(&row.order_id) != Some(*row))
             .collect();
-        if changed.is_empty() {
-            return Ok(());
+        let existing: Vec<bool> = changed
+            .iter()
+            .map(|r| before.contains_key(&r.order_id))
+            .collect();
+        write(conn, &changed, &existing).await
+    }
+
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(Folded::default()))
+    }
+}
+
+fn evolve_all(rows: &mut HashMap<Uuid, Row>, events: &[Decoded]) -> Result<(), ApplyError> {
+    for decoded in events {
+        if let DomainEvent::Order(event) = &decoded.event {
+            evolve(rows, order_id(&decoded.stored)?, &decoded.stored, event);
         }
-        // Rows the load did not find are new (this projection is its tables' one writer):
-        // a plain INSERT spares them the conflict check's extra index probe; the others
-        // update through ON CONFLICT, which finds them by their key.
-        sqlx::query(
-            "WITH changed AS (
+    }
+    Ok(())
+}
+
+/// Writes `changed` rows; `existing[i]` says whether row `i` is in the table already.
+async fn write(
+    conn: &mut PgConnection,
+    changed: &[&Row],
+    existing: &[bool],
+) -> Result<(), ApplyError> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    // Rows the load did not find are new (this projection is its tables' one writer):
+    // a plain INSERT spares them the conflict check's extra index probe; the others
+    // update through ON CONFLICT, which finds them by their key.
+    sqlx::query(
+        "WITH changed AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[],
                                       $5::text[], $6::text[], $7::bigint[], $8::int[],
                                       $9::bigint[], $10::bigint[], $11::bool[])
@@ -186,40 +206,82 @@ impl Projection for CustomerOrdersProjection {
              ON CONFLICT (order_id) DO UPDATE
                 SET status = EXCLUDED.status, total_minor = EXCLUDED.total_minor,
                     version = EXCLUDED.version, last_position = EXCLUDED.last_position",
-        )
-        .bind(changed.iter().map(|r| r.customer_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.order_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.placed_at).collect::<Vec<_>>())
-        .bind(
-            changed
-                .iter()
-                .map(|r| r.placed_position)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            changed
-                .iter()
-                .map(|r| r.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            changed
-                .iter()
-                .map(|r| r.currency.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(changed.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.line_count).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.last_position).collect::<Vec<_>>())
-        .bind(
-            changed
-                .iter()
-                .map(|r| before.contains_key(&r.order_id))
-                .collect::<Vec<_>>(),
-        )
-        .execute(conn)
-        .await?;
+    )
+    .bind(changed.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+    .bind(
+        changed
+            .iter()
+            .map(|r| r.placed_position)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|r| r.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|r| r.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(changed.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.line_count).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.last_position).collect::<Vec<_>>())
+    .bind(existing)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The model in memory for a rebuild from empty tables ([`Fold`]).
+#[derive(Debug, Default)]
+struct Folded {
+    rows: HashMap<Uuid, Row>,
+}
+
+#[async_trait]
+impl Fold for Folded {
+    async fn fold(
+        &mut self,
+        _conn: &mut PgConnection,
+        events: &[Decoded],
+    ) -> Result<(), ApplyError> {
+        evolve_all(&mut self.rows, events)
+    }
+
+    fn held(&self) -> usize {
+        self.rows.len()
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        let mut rows: Vec<Row> = self.rows.drain().map(|(_, row)| row).collect();
+        // In key order: each row's key lands beside the last in the key's index.
+        rows.sort_unstable_by_key(|r| r.order_id);
+        let mut copy = Copy::into(
+            conn,
+            "customer_orders_v1",
+            "customer_id, order_id, placed_at, placed_position, status, currency, total_minor, \
+             line_count, version, last_position",
+        );
+        for r in &rows {
+            copy.uuid(r.customer_id)
+                .uuid(r.order_id)
+                .timestamp(r.placed_at)
+                .int(r.placed_position)
+                .text(&r.status)
+                .text(&r.currency)
+                .opt_int(r.total_minor)
+                .int(r.line_count)
+                .int(r.version)
+                .int(r.last_position);
+            copy.end_row().await?;
+        }
+        copy.finish().await?;
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ use cqrs_es::Aggregate;
 use domain::inventory::{InventoryEvent, InventoryItem};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table, View};
+use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
+
+use crate::FLUSH_ROWS;
 use sqlx::PgConnection;
 
 #[derive(Debug, Clone, Copy)]
@@ -133,20 +135,33 @@ impl Projection for InventoryProjection {
         let mut rows: HashMap<String, Row> =
             loaded.into_iter().map(|r| (r.sku.clone(), r)).collect();
         let before = rows.clone();
-        for decoded in events {
-            if let DomainEvent::Inventory(event) = &decoded.event {
-                evolve(&mut rows, &decoded.stored, event);
-            }
-        }
+        evolve_all(&mut rows, events);
         let changed: Vec<&Row> = rows
             .values()
             .filter(|row| before.get(&row.sku) != Some(*row))
             .collect();
-        if changed.is_empty() {
-            return Ok(());
+        write(conn, &changed).await
+    }
+
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(Folded::default()))
+    }
+}
+
+fn evolve_all(rows: &mut HashMap<String, Row>, events: &[Decoded]) {
+    for decoded in events {
+        if let DomainEvent::Inventory(event) = &decoded.event {
+            evolve(rows, &decoded.stored, event);
         }
-        sqlx::query(
-            "INSERT INTO inventory_v1 (sku, name, unit_price_minor, currency, on_hand, reserved,
+    }
+}
+
+async fn write(conn: &mut PgConnection, changed: &[&Row]) -> Result<(), ApplyError> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO inventory_v1 (sku, name, unit_price_minor, currency, on_hand, reserved,
                                        version, updated_at, last_position)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
                                   $6::bigint[], $7::bigint[], $8::timestamptz[], $9::bigint[])
@@ -155,28 +170,58 @@ impl Projection for InventoryProjection {
                     currency = EXCLUDED.currency, on_hand = EXCLUDED.on_hand,
                     reserved = EXCLUDED.reserved, version = EXCLUDED.version,
                     updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position",
-        )
-        .bind(changed.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
-        .bind(
-            changed
-                .iter()
-                .map(|r| r.unit_price_minor)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            changed
-                .iter()
-                .map(|r| r.currency.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(changed.iter().map(|r| r.on_hand).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.reserved).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.last_position).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
+    )
+    .bind(changed.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+    .bind(
+        changed
+            .iter()
+            .map(|r| r.unit_price_minor)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|r| r.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(changed.iter().map(|r| r.on_hand).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.reserved).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(changed.iter().map(|r| r.last_position).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The model in memory for a rebuild from empty tables ([`Fold`]).
+#[derive(Debug, Default)]
+struct Folded {
+    rows: HashMap<String, Row>,
+}
+
+#[async_trait]
+impl Fold for Folded {
+    async fn fold(
+        &mut self,
+        _conn: &mut PgConnection,
+        events: &[Decoded],
+    ) -> Result<(), ApplyError> {
+        evolve_all(&mut self.rows, events);
+        Ok(())
+    }
+
+    fn held(&self) -> usize {
+        self.rows.len()
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        let mut rows: Vec<Row> = self.rows.drain().map(|(_, row)| row).collect();
+        rows.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        for chunk in rows.chunks(FLUSH_ROWS) {
+            write(conn, &chunk.iter().collect::<Vec<_>>()).await?;
+        }
         Ok(())
     }
 }

@@ -33,6 +33,10 @@ use infra::projection::{EVENTS_CHANNEL, Group, Projection, Worker, WorkerConfig,
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 
+/// Rows per statement when a [`Fold`](infra::projection::Fold) writes out what it held.
+pub(crate) const FLUSH_ROWS: usize = 10_000;
+
+pub(crate) mod copy;
 /// Every read model of the system, in the order they are started.
 pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![

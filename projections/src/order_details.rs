@@ -17,11 +17,12 @@ use domain::order::{Order, OrderEvent, OrderStatus};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table, View};
+use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::copy::Copy;
 use crate::customer_orders::order_id;
 
 #[derive(Debug, Clone, Copy)]
@@ -204,6 +205,20 @@ impl Changes {
         row.updated_at = at;
         row.last_position = stored.position;
         self.entry(order_id, stored, at, "order", description);
+    }
+
+    /// Folds a batch in, in log order.
+    fn evolve_all(&mut self, events: &[Decoded]) -> Result<(), ApplyError> {
+        for decoded in events {
+            let stored = &decoded.stored;
+            match &decoded.event {
+                DomainEvent::Order(event) => self.order(order_id(stored)?, stored, event),
+                DomainEvent::Payment(event) => self.payment(order_id(stored)?, stored, event),
+                DomainEvent::Inventory(event) => self.inventory(stored, event),
+                DomainEvent::Unknown => {}
+            }
+        }
+        Ok(())
     }
 
     /// The payment's id is its order's id.
@@ -427,15 +442,7 @@ impl Projection for OrderDetailsProjection {
         };
         let before = changes.rows.clone();
         let payments_before = changes.payments.clone();
-        for decoded in events {
-            let stored = &decoded.stored;
-            match &decoded.event {
-                DomainEvent::Order(event) => changes.order(order_id(stored)?, stored, event),
-                DomainEvent::Payment(event) => changes.payment(order_id(stored)?, stored, event),
-                DomainEvent::Inventory(event) => changes.inventory(stored, event),
-                DomainEvent::Unknown => {}
-            }
-        }
+        changes.evolve_all(events)?;
         let payments: Vec<&PaymentRow> = changes
             .payments
             .values()
@@ -446,17 +453,46 @@ impl Projection for OrderDetailsProjection {
             .values()
             .filter(|row| before.get(&row.order_id) != Some(*row))
             .collect();
-        let timeline = &changes.timeline;
-        if payments.is_empty() && rows.is_empty() && timeline.is_empty() {
-            return Ok(());
-        }
-        // One statement for the three tables (a round trip instead of three inside the
-        // batch's transaction); a part with no rows inserts nothing. Rows the loads did not
-        // find are new (this projection is its tables' one writer): a plain INSERT spares
-        // them the conflict check's extra index probe; the others update through ON
-        // CONFLICT, which finds them by their key.
-        sqlx::query(
-            "WITH changed_payments AS (
+        let payments_existing: Vec<bool> = payments
+            .iter()
+            .map(|r| payments_before.contains_key(&r.order_id))
+            .collect();
+        let rows_existing: Vec<bool> = rows
+            .iter()
+            .map(|r| before.contains_key(&r.order_id))
+            .collect();
+        write(
+            conn,
+            (&payments, &payments_existing),
+            (&rows, &rows_existing),
+            &changes.timeline,
+        )
+        .await
+    }
+
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(Folded::default()))
+    }
+}
+
+/// Writes changed payment rows and order rows, each with whether it is in its table
+/// already, and new timeline entries.
+async fn write(
+    conn: &mut PgConnection,
+    (payments, payments_existing): (&[&PaymentRow], &[bool]),
+    (rows, rows_existing): (&[&Row], &[bool]),
+    timeline: &[Entry],
+) -> Result<(), ApplyError> {
+    if payments.is_empty() && rows.is_empty() && timeline.is_empty() {
+        return Ok(());
+    }
+    // One statement for the three tables (a round trip instead of three inside the
+    // batch's transaction); a part with no rows inserts nothing. Rows the loads did not
+    // find are new (this projection is its tables' one writer): a plain INSERT spares
+    // them the conflict check's extra index probe; the others update through ON
+    // CONFLICT, which finds them by their key.
+    sqlx::query(
+        "WITH changed_payments AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
                         $5::bigint[], $6::timestamptz[], $7::bigint[], $26::bool[])
                      AS p(order_id, payment_status, captured_minor, refunded_minor, version,
@@ -507,74 +543,167 @@ impl Projection for OrderDetailsProjection {
              SELECT * FROM UNNEST($19::uuid[], $20::bigint[], $21::uuid[], $22::timestamptz[],
                                   $23::text[], $24::text[], $25::text[])
              ON CONFLICT DO NOTHING",
-        )
-        .bind(payments.iter().map(|r| r.order_id).collect::<Vec<_>>())
-        .bind(
-            payments
-                .iter()
-                .map(|r| r.payment_status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            payments
-                .iter()
-                .map(|r| r.captured_minor)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            payments
-                .iter()
-                .map(|r| r.refunded_minor)
-                .collect::<Vec<_>>(),
-        )
-        .bind(payments.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(payments.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .bind(payments.iter().map(|r| r.last_position).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.cancel_reason.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
-        .bind(timeline.iter().map(|e| e.order_id).collect::<Vec<_>>())
-        .bind(timeline.iter().map(|e| e.position).collect::<Vec<_>>())
-        .bind(timeline.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(timeline.iter().map(|e| e.at).collect::<Vec<_>>())
-        .bind(timeline.iter().map(|e| e.source).collect::<Vec<_>>())
-        .bind(
-            timeline
-                .iter()
-                .map(|e| e.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            timeline
-                .iter()
-                .map(|e| e.description.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            payments
-                .iter()
-                .map(|r| payments_before.contains_key(&r.order_id))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| before.contains_key(&r.order_id))
-                .collect::<Vec<_>>(),
-        )
-        .execute(conn)
-        .await?;
-        Ok(())
+    )
+    .bind(payments.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(
+        payments
+            .iter()
+            .map(|r| r.payment_status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        payments
+            .iter()
+            .map(|r| r.captured_minor)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        payments
+            .iter()
+            .map(|r| r.refunded_minor)
+            .collect::<Vec<_>>(),
+    )
+    .bind(payments.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(payments.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(payments.iter().map(|r| r.last_position).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.cancel_reason.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
+    .bind(timeline.iter().map(|e| e.order_id).collect::<Vec<_>>())
+    .bind(timeline.iter().map(|e| e.position).collect::<Vec<_>>())
+    .bind(timeline.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(timeline.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(timeline.iter().map(|e| e.source).collect::<Vec<_>>())
+    .bind(
+        timeline
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        timeline
+            .iter()
+            .map(|e| e.description.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(payments_existing)
+    .bind(rows_existing)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The model in memory for a rebuild from empty tables ([`Fold`]): every order's and
+/// payment's row; the timeline, insert-only, is written batch by batch.
+#[derive(Debug, Default)]
+struct Folded {
+    changes: Changes,
+}
+
+#[async_trait]
+impl Fold for Folded {
+    async fn fold(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[Decoded],
+    ) -> Result<(), ApplyError> {
+        self.changes.evolve_all(events)?;
+        let timeline = std::mem::take(&mut self.changes.timeline);
+        copy_timeline(conn, &timeline).await
     }
+
+    fn held(&self) -> usize {
+        self.changes.rows.len() + self.changes.payments.len()
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        let Changes {
+            rows,
+            payments,
+            timeline,
+        } = std::mem::take(&mut self.changes);
+        let mut payments: Vec<PaymentRow> = payments
+            .into_values()
+            .filter(|row| row.version > 0)
+            .collect();
+        // In key order: each row's key lands beside the last in the key's index.
+        payments.sort_unstable_by_key(|r| r.order_id);
+        let mut copy = Copy::into(
+            conn,
+            "order_payments_v1",
+            "order_id, payment_status, captured_minor, refunded_minor, version, updated_at, \
+             last_position",
+        );
+        for r in &payments {
+            copy.uuid(r.order_id)
+                .text(&r.payment_status)
+                .int(r.captured_minor)
+                .int(r.refunded_minor)
+                .int(r.version)
+                .timestamp(r.updated_at)
+                .int(r.last_position);
+            copy.end_row().await?;
+        }
+        copy.finish().await?;
+        let mut rows: Vec<Row> = rows.into_values().collect();
+        rows.sort_unstable_by_key(|r| r.order_id);
+        let mut copy = Copy::into(
+            conn,
+            "order_details_v1",
+            "order_id, customer_id, status, currency, lines, total_minor, cancel_reason, \
+             version, placed_at, updated_at, last_position",
+        );
+        for r in &rows {
+            copy.uuid(r.order_id)
+                .uuid(r.customer_id)
+                .text(&r.status)
+                .text(&r.currency)
+                .json(&r.lines)
+                .opt_int(r.total_minor)
+                .opt_text(r.cancel_reason.as_deref())
+                .int(r.version)
+                .timestamp(r.placed_at)
+                .timestamp(r.updated_at)
+                .int(r.last_position);
+            copy.end_row().await?;
+        }
+        copy.finish().await?;
+        copy_timeline(conn, &timeline).await
+    }
+}
+
+/// New timeline entries, with `COPY`.
+async fn copy_timeline(conn: &mut PgConnection, timeline: &[Entry]) -> Result<(), ApplyError> {
+    if timeline.is_empty() {
+        return Ok(());
+    }
+    let mut copy = Copy::into(
+        conn,
+        "order_timeline_v1",
+        "order_id, position, event_id, at, source, event_type, description",
+    );
+    for e in timeline {
+        copy.uuid(e.order_id)
+            .int(e.position)
+            .uuid(e.event_id)
+            .timestamp(e.at)
+            .text(e.source)
+            .text(&e.event_type)
+            .text(&e.description);
+        copy.end_row().await?;
+    }
+    copy.finish().await?;
+    Ok(())
 }

@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use infra::event_store::{Checkpoint, StoreError};
 use infra::projection::{
-    ApplyError, Decoded, Projection, Read, Table, decode_read, distribute, event_types_of, read_log,
+    ApplyError, Decoded, Fold, Projection, Read, Table, decode_read, distribute, event_types_of,
+    read_log,
 };
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 /// Build and swap, or only build and compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,10 @@ pub struct Options {
     pub batch_size: u32,
     /// Keep the replaced live tables (in a `retired_…` schema) instead of dropping them.
     pub keep_old: bool,
+    /// A build from empty tables folds the log in memory (ADR 0009) until a projection
+    /// holds more rows than this; it then writes them out and goes on batch by batch.
+    /// 0: always batch by batch.
+    pub fold_rows: usize,
 }
 
 impl Default for Options {
@@ -49,6 +54,7 @@ impl Default for Options {
         Self {
             batch_size: 5_000,
             keep_old: false,
+            fold_rows: 500_000,
         }
     }
 }
@@ -70,6 +76,9 @@ pub struct Report {
     pub events_read: u64,
     /// Whether this run continued an interrupted rebuild.
     pub resumed: bool,
+    /// Of `events_read`, those folded in memory from empty tables before being written out
+    /// (ADR 0009); the rest were applied batch by batch.
+    pub events_folded: u64,
     pub seconds: f64,
     /// Building the shadow tables (reading, applying, writing).
     pub build_seconds: f64,
@@ -114,6 +123,8 @@ pub enum RebuildError {
     Pass(#[source] Arc<RebuildError>),
     #[error("the rebuild stopped before this projection was finished")]
     NotFinished,
+    #[error("failed to write out the rows built in memory (nothing of this run was kept)")]
+    Flush(#[source] ApplyError),
     #[error(
         "a rebuild of {0} is already running (another `ordo projections rebuild` building into the same tables); wait for it to finish or stop it"
     )]
@@ -504,6 +515,24 @@ struct Target {
     resumed: bool,
     /// Events this run applied (or skipped as not its own) for it.
     events_read: u64,
+    /// Of those, the ones folded in memory.
+    events_folded: u64,
+    /// While the build folds the log in memory: the model, and the connection its rows go
+    /// out on.
+    folding: Option<Folding>,
+}
+
+/// A target folding the log in memory ([`Fold`]).
+struct Folding {
+    model: Box<dyn Fold>,
+    /// A connection of its own, not the pool's (held for the whole fold, it would starve a
+    /// small pool), with no transaction open: every statement commits on its own, so the
+    /// fold never holds back the log's horizon (`pg_snapshot_xmin`) that every live
+    /// follower reads below. The rows count only once the flush records the checkpoint; a
+    /// build starting at the log's start empties its shadow first ([`prepare`]).
+    conn: PgConnection,
+    /// Events folded (or skipped as not its own) since the shadow was empty.
+    read: u64,
 }
 
 /// What one batch of the pass holds for one target.
@@ -759,6 +788,18 @@ async fn prepare(
     create_shadow(&mut tx, &schema, tables)
         .await
         .map_err(database("create the shadow tables"))?;
+    if checkpoint == Checkpoint::START {
+        // Nothing of it counts yet: a fold that died left rows its checkpoint never
+        // recorded (ADR 0009).
+        let names: Vec<String> = tables
+            .iter()
+            .map(|t| format!("{}.{}", quoted(&schema), quoted(t.name)))
+            .collect();
+        sqlx::query(&format!("TRUNCATE {}", names.join(", ")))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("empty the shadow tables"))?;
+    }
     tx.commit()
         .await
         .map_err(database("create the shadow tables"))?;
@@ -766,8 +807,11 @@ async fn prepare(
         projection,
         schema,
         checkpoint,
-        resumed,
+        // A run that died before its first batch committed left nothing to go on from.
+        resumed: resumed && checkpoint != Checkpoint::START,
         events_read: 0,
+        events_folded: 0,
+        folding: None,
     })
 }
 
@@ -833,6 +877,13 @@ async fn build(
     };
     progress(passed, total.max(passed));
 
+    for (index, target) in std::mem::take(active) {
+        let mut target = target;
+        match begin_folding(pool, &mut target, options).await {
+            Ok(()) => active.push((index, target)),
+            Err(err) => stopped.push((index, err)),
+        }
+    }
     let types = payload_types(active);
     let mut checkpoint = start;
     let mut idle_since: Option<Instant> = None;
@@ -840,6 +891,8 @@ async fn build(
     while !active.is_empty() {
         if stop.load(Ordering::SeqCst) {
             ahead.abort();
+            // What was folded in memory is kept: the run resumes from it.
+            stopped.extend(flush_all(active, mode).await);
             for (index, target) in active.drain(..) {
                 stopped.push((
                     index,
@@ -885,32 +938,160 @@ async fn build(
         let parts = split_batch(events, active);
         // Each projection's part in a task of its own: their CPU work (evolving rows,
         // encoding the writes) runs on every core, not one after the other.
-        let (indexes, applying): (Vec<usize>, Vec<_>) = active
+        let applying = active
             .drain(..)
             .zip(parts)
             .map(|((index, mut target), part)| {
                 let pool = pool.clone();
                 let task = tokio::spawn(async move {
-                    let outcome = apply_part(&pool, &mut target, part, mode).await;
+                    let outcome = apply_part(&pool, &mut target, part, mode, options).await;
                     (target, outcome)
                 });
                 (index, task)
             })
-            .unzip();
-        let outcomes = futures::future::join_all(applying).await;
-        for (index, joined) in indexes.into_iter().zip(outcomes) {
-            match joined {
-                Ok((target, Ok(()))) => active.push((index, target)),
-                Ok((_, Err(err))) => stopped.push((index, err)),
-                Err(err) => stopped.push((index, RebuildError::Apply(err))),
-            }
-        }
+            .collect();
+        stopped.extend(join_targets(active, applying).await);
         checkpoint = last;
         passed += read as u64;
         progress(passed, total.max(passed));
     }
     ahead.abort();
+    stopped.extend(flush_all(active, mode).await);
     stopped
+}
+
+type Stepping = tokio::task::JoinHandle<(Target, Result<(), RebuildError>)>;
+
+/// Waits for each target's task: puts back in `active` those that went on, returns those
+/// that stopped.
+async fn join_targets(
+    active: &mut Vec<(usize, Target)>,
+    tasks: Vec<(usize, Stepping)>,
+) -> Vec<(usize, RebuildError)> {
+    let (indexes, tasks): (Vec<usize>, Vec<Stepping>) = tasks.into_iter().unzip();
+    let mut stopped = Vec::new();
+    for (index, joined) in indexes
+        .into_iter()
+        .zip(futures::future::join_all(tasks).await)
+    {
+        match joined {
+            Ok((target, Ok(()))) => active.push((index, target)),
+            Ok((_, Err(err))) => stopped.push((index, err)),
+            Err(err) => stopped.push((index, RebuildError::Apply(err))),
+        }
+    }
+    stopped
+}
+
+/// Starts folding the log in memory for a target whose projection can and whose shadow is
+/// empty (nothing has committed: its checkpoint is the log's start), on a transaction of its
+/// own.
+async fn begin_folding(
+    pool: &PgPool,
+    target: &mut Target,
+    options: Options,
+) -> Result<(), RebuildError> {
+    if options.fold_rows == 0 || target.checkpoint != Checkpoint::START {
+        return Ok(());
+    }
+    let Some(model) = target.projection.fold() else {
+        return Ok(());
+    };
+    let mut conn = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(database("connect"))?;
+    select_shadow(&mut conn, &target.schema, false).await?;
+    target.folding = Some(Folding {
+        model,
+        conn,
+        read: 0,
+    });
+    Ok(())
+}
+
+/// Writes out what every folding target holds, at once (see [`flush`]).
+async fn flush_all(active: &mut Vec<(usize, Target)>, mode: Mode) -> Vec<(usize, RebuildError)> {
+    let flushing = active
+        .drain(..)
+        .map(|(index, mut target)| {
+            let task = tokio::spawn(async move {
+                let outcome = flush(&mut target, mode).await;
+                (target, outcome)
+            });
+            (index, task)
+        })
+        .collect();
+    join_targets(active, flushing).await
+}
+
+/// Writes out the rows a folding target holds, then records its checkpoint, which makes
+/// them (and the timeline rows written as it folded) the shadow's; the build goes on batch
+/// by batch from there. Nothing for a target not folding.
+async fn flush(target: &mut Target, mode: Mode) -> Result<(), RebuildError> {
+    let Some(mut folding) = target.folding.take() else {
+        return Ok(());
+    };
+    folding
+        .model
+        .flush(&mut folding.conn)
+        .await
+        .map_err(RebuildError::Flush)?;
+    if mode == Mode::Swap {
+        record_checkpoint(
+            &mut folding.conn,
+            target.projection.name(),
+            target.checkpoint,
+            folding.read,
+        )
+        .await?;
+    }
+    let _ = folding.conn.close().await;
+    Ok(())
+}
+
+/// The shadow tables for the rest of the transaction (`local`) or the session, and no wait
+/// for the WAL flush at commit: a batch lost in a crash of PostgreSQL loses its rows and its
+/// checkpoint together (they commit in one transaction), and the rebuild resumes from the
+/// checkpoint before it (a fold's rows count only once its checkpoint is recorded). The
+/// swap commits durably as usual.
+async fn select_shadow(
+    conn: &mut PgConnection,
+    schema: &str,
+    local: bool,
+) -> Result<(), RebuildError> {
+    sqlx::query(
+        "SELECT set_config('search_path', $1, $2), set_config('synchronous_commit', 'off', $2),
+                set_config('jit', 'off', $2)",
+    )
+    .bind(format!("{}, public", quoted(schema)))
+    .bind(local)
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(database("select the shadow tables"))
+}
+
+/// Moves a rebuild's checkpoint to `next`, `read` events on.
+async fn record_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    next: Checkpoint,
+    read: u64,
+) -> Result<(), RebuildError> {
+    sqlx::query(
+        "UPDATE projection_rebuilds
+            SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3,
+                events_applied = events_applied + $4, updated_at = now()
+          WHERE name = $1",
+    )
+    .bind(name)
+    .bind(next.transaction_id.to_string())
+    .bind(next.position)
+    .bind(i64::try_from(read).unwrap_or(i64::MAX))
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(database("move the rebuild's checkpoint"))
 }
 
 /// Splits a batch between the targets (see [`distribute`]): an event a target cannot
@@ -936,12 +1117,15 @@ fn split_batch(events: Vec<Read>, active: &[(usize, Target)]) -> Vec<Part> {
 }
 
 /// Applies one target's part of a batch to its shadow tables, with its checkpoint, in a
-/// transaction of its own.
+/// transaction of its own; or, while it folds, to its model in memory (and its timeline
+/// rows to its open transaction), writing the model out when it holds more than
+/// `fold_rows` rows.
 async fn apply_part(
     pool: &PgPool,
     target: &mut Target,
     part: Part,
     mode: Mode,
+    options: Options,
 ) -> Result<(), RebuildError> {
     if let Some(poison) = part.poison {
         return Err(poison);
@@ -949,46 +1133,48 @@ async fn apply_part(
     let Some(next) = part.last else {
         return Ok(());
     };
+    let first = part
+        .decoded
+        .first()
+        .map(|d| (d.stored.event_id, d.stored.position));
+    let poisoned = |(event_id, position): (uuid::Uuid, i64)| {
+        move |source| RebuildError::Poison {
+            event_id,
+            position,
+            source,
+        }
+    };
+    let read = part.read as u64;
+    if let Some(folding) = target.folding.as_mut() {
+        if let Some(first) = first {
+            folding
+                .model
+                .fold(&mut folding.conn, &part.decoded)
+                .await
+                .map_err(poisoned(first))?;
+        }
+        folding.read += read;
+        let full = folding.model.held() > options.fold_rows;
+        target.checkpoint = next;
+        target.events_read += read;
+        target.events_folded += read;
+        if full {
+            flush(target, mode).await?;
+        }
+        return Ok(());
+    }
     let mut tx = pool.begin().await.map_err(database("begin"))?;
     let projection = target.projection.clone();
     let applied = async {
-        // The shadow tables, and no wait for the WAL flush at commit: a batch lost in a
-        // crash of PostgreSQL loses its rows and its checkpoint together (they commit in one
-        // transaction), and the rebuild resumes from the checkpoint before it. The swap
-        // commits durably as usual.
-        sqlx::query(
-            "SELECT set_config('search_path', $1, true), set_config('synchronous_commit', 'off', true)",
-        )
-        .bind(format!("{}, public", quoted(&target.schema)))
-        .execute(&mut *tx)
-        .await
-        .map_err(database("select the shadow tables"))?;
-        if let Some(first) = part
-            .decoded
-            .first()
-            .map(|d| (d.stored.event_id, d.stored.position))
-            && let Err(err) = projection.apply(&mut tx, &part.decoded).await
-        {
-            return Err(RebuildError::Poison {
-                event_id: first.0,
-                position: first.1,
-                source: err,
-            });
+        select_shadow(&mut tx, &target.schema, true).await?;
+        if let Some(first) = first {
+            projection
+                .apply(&mut tx, &part.decoded)
+                .await
+                .map_err(poisoned(first))?;
         }
         if mode == Mode::Swap {
-            sqlx::query(
-                "UPDATE projection_rebuilds
-                    SET checkpoint_tx = $2::text::xid8, checkpoint_position = $3,
-                        events_applied = events_applied + $4, updated_at = now()
-                  WHERE name = $1",
-            )
-            .bind(projection.name())
-            .bind(next.transaction_id.to_string())
-            .bind(next.position)
-            .bind(part.read as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(database("move the rebuild's checkpoint"))?;
+            record_checkpoint(&mut tx, projection.name(), next, read).await?;
         }
         Ok(())
     }
@@ -999,7 +1185,7 @@ async fn apply_part(
     }
     tx.commit().await.map_err(database("commit a batch"))?;
     target.checkpoint = next;
-    target.events_read += part.read as u64;
+    target.events_read += read;
     Ok(())
 }
 
@@ -1048,6 +1234,7 @@ async fn finish(
         version: projection.version(),
         events_read: target.events_read,
         resumed: target.resumed,
+        events_folded: target.events_folded,
         seconds,
         build_seconds,
         verify_seconds,

@@ -19,10 +19,11 @@ use domain::order::{CancelReason, Order, OrderEvent};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Projection, Table, View};
+use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::copy::Copy;
 use crate::customer_orders::order_id;
 
 #[derive(Debug, Clone, Copy)]
@@ -230,21 +231,42 @@ impl Projection for SalesDailyProjection {
             .values()
             .filter(|memo| before.get(&memo.order_id) != Some(*memo))
             .collect();
-        if memos.is_empty() && changes.new_refunds.is_empty() && changes.days.is_empty() {
-            return Ok(());
-        }
-        let days: Vec<(&(NaiveDate, String), &Increments)> = changes.days.iter().collect();
-        let column = |i: usize| {
-            days.iter()
-                .map(|(_, inc)| inc.cancelled[i])
-                .collect::<Vec<_>>()
-        };
-        // One statement for the three tables (a round trip instead of three inside the
-        // batch's transaction); a part with no rows inserts nothing. Memos the load did not
-        // find are new (this projection is its tables' one writer): a plain INSERT spares
-        // them the conflict check's extra index probe.
-        sqlx::query(
-            "WITH changed_memos AS (
+        let existing: Vec<bool> = memos
+            .iter()
+            .map(|m| before.contains_key(&m.order_id))
+            .collect();
+        write(conn, &memos, &existing, &changes.new_refunds, &changes.days).await
+    }
+
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(Folded::default()))
+    }
+}
+
+/// Writes `memos` (`existing[i]`: whether memo `i` is in the table already), records
+/// `new_refunds` as counted and adds `days`' increments to the day rows.
+async fn write(
+    conn: &mut PgConnection,
+    memos: &[&Memo],
+    existing: &[bool],
+    new_refunds: &[Uuid],
+    days: &BTreeMap<(NaiveDate, String), Increments>,
+) -> Result<(), ApplyError> {
+    if memos.is_empty() && new_refunds.is_empty() && days.is_empty() {
+        return Ok(());
+    }
+    let days: Vec<(&(NaiveDate, String), &Increments)> = days.iter().collect();
+    let column = |i: usize| {
+        days.iter()
+            .map(|(_, inc)| inc.cancelled[i])
+            .collect::<Vec<_>>()
+    };
+    // One statement for the three tables (a round trip instead of three inside the
+    // batch's transaction); a part with no rows inserts nothing. Memos the load did not
+    // find are new (this projection is its tables' one writer): a plain INSERT spares
+    // them the conflict check's extra index probe.
+    sqlx::query(
+        "WITH changed_memos AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[],
                                       $5::bool[], $18::bool[])
                      AS m(order_id, currency, total_minor, confirmed, cancelled, existing)
@@ -285,57 +307,111 @@ impl Projection for SalesDailyProjection {
                 refunds = sales_daily_v1.refunds + EXCLUDED.refunds,
                 refunded_minor = sales_daily_v1.refunded_minor + EXCLUDED.refunded_minor,
                 last_position = GREATEST(sales_daily_v1.last_position, EXCLUDED.last_position)",
-        )
-        .bind(memos.iter().map(|m| m.order_id).collect::<Vec<_>>())
-        .bind(
-            memos
-                .iter()
-                .map(|m| m.currency.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(memos.iter().map(|m| m.total_minor).collect::<Vec<_>>())
-        .bind(memos.iter().map(|m| m.confirmed).collect::<Vec<_>>())
-        .bind(memos.iter().map(|m| m.cancelled).collect::<Vec<_>>())
-        .bind(&changes.new_refunds)
-        .bind(days.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
-        .bind(
-            days.iter()
-                .map(|((_, currency), _)| currency.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            days.iter()
-                .map(|(_, inc)| inc.orders_confirmed)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            days.iter()
-                .map(|(_, inc)| inc.revenue_minor)
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(0))
-        .bind(column(1))
-        .bind(column(2))
-        .bind(column(3))
-        .bind(days.iter().map(|(_, inc)| inc.refunds).collect::<Vec<_>>())
-        .bind(
-            days.iter()
-                .map(|(_, inc)| inc.refunded_minor)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            days.iter()
-                .map(|(_, inc)| inc.last_position)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            memos
-                .iter()
-                .map(|m| before.contains_key(&m.order_id))
-                .collect::<Vec<_>>(),
-        )
-        .execute(conn)
-        .await?;
+    )
+    .bind(memos.iter().map(|m| m.order_id).collect::<Vec<_>>())
+    .bind(
+        memos
+            .iter()
+            .map(|m| m.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(memos.iter().map(|m| m.total_minor).collect::<Vec<_>>())
+    .bind(memos.iter().map(|m| m.confirmed).collect::<Vec<_>>())
+    .bind(memos.iter().map(|m| m.cancelled).collect::<Vec<_>>())
+    .bind(new_refunds)
+    .bind(days.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
+    .bind(
+        days.iter()
+            .map(|((_, currency), _)| currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        days.iter()
+            .map(|(_, inc)| inc.orders_confirmed)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        days.iter()
+            .map(|(_, inc)| inc.revenue_minor)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(0))
+    .bind(column(1))
+    .bind(column(2))
+    .bind(column(3))
+    .bind(days.iter().map(|(_, inc)| inc.refunds).collect::<Vec<_>>())
+    .bind(
+        days.iter()
+            .map(|(_, inc)| inc.refunded_minor)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        days.iter()
+            .map(|(_, inc)| inc.last_position)
+            .collect::<Vec<_>>(),
+    )
+    .bind(existing)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The model in memory for a rebuild from empty tables ([`Fold`]): the memos, the refunds
+/// counted and the days' sums over every batch folded.
+#[derive(Debug, Default)]
+struct Folded {
+    changes: Changes,
+}
+
+#[async_trait]
+impl Fold for Folded {
+    async fn fold(
+        &mut self,
+        _conn: &mut PgConnection,
+        events: &[Decoded],
+    ) -> Result<(), ApplyError> {
+        for decoded in events {
+            self.changes.evolve(&decoded.stored, &decoded.event)?;
+        }
         Ok(())
+    }
+
+    fn held(&self) -> usize {
+        self.changes.memos.len() + self.changes.counted_refunds.len() + self.changes.days.len()
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        let Changes {
+            memos,
+            counted_refunds: _,
+            mut new_refunds,
+            days,
+        } = std::mem::take(&mut self.changes);
+        let mut memos: Vec<Memo> = memos.into_values().collect();
+        // In key order: each row's key lands beside the last in the key's index.
+        memos.sort_unstable_by_key(|m| m.order_id);
+        let mut copy = Copy::into(
+            conn,
+            "sales_daily_orders_v1",
+            "order_id, currency, total_minor, confirmed, cancelled",
+        );
+        for m in &memos {
+            copy.uuid(m.order_id)
+                .text(&m.currency)
+                .opt_int(m.total_minor)
+                .bool(m.confirmed)
+                .bool(m.cancelled);
+            copy.end_row().await?;
+        }
+        copy.finish().await?;
+        new_refunds.sort_unstable();
+        let mut copy = Copy::into(conn, "sales_daily_refunds_v1", "refund_id");
+        for refund in new_refunds {
+            copy.uuid(refund);
+            copy.end_row().await?;
+        }
+        copy.finish().await?;
+        // A row per day and currency: a few hundred at most.
+        write(conn, &[], &[], &[], &days).await
     }
 }

@@ -87,6 +87,38 @@ pub trait Projection: Send + Sync + 'static {
     fn finished(&self, committed: bool) {
         let _ = committed;
     }
+
+    /// The model held in memory, for a rebuild from empty tables (ADR 0009): `None` (the
+    /// default) rebuilds with [`apply`](Self::apply), batch by batch.
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        None
+    }
+}
+
+/// A projection's model kept in memory across batches, starting from empty tables: what
+/// [`Projection::apply`] loads, evolves and writes back per batch, with the loads and the
+/// rewrites of rows that change again later left out. The same evolve and the same write
+/// statements as `apply`, so both build the same rows (the tests compare them).
+///
+/// The caller runs every call on one connection of its own, over the tables `search_path`
+/// selects, which were empty when the fold began, and outside any transaction: what it
+/// writes may commit statement by statement (a long transaction would hold back the log's
+/// horizon every live follower reads below). Those rows count only once the caller records
+/// its checkpoint after [`flush`](Self::flush); a build that starts over empties the tables
+/// first.
+#[async_trait]
+pub trait Fold: Send {
+    /// Folds a batch (the events the projection handles, in log order) into memory, and
+    /// writes the rows that are final already (those of insert-only tables).
+    async fn fold(&mut self, conn: &mut PgConnection, events: &[Decoded])
+    -> Result<(), ApplyError>;
+
+    /// Rows held in memory: the caller flushes beyond its bound.
+    fn held(&self) -> usize;
+
+    /// Writes every row held, as new rows, and forgets them. After it the tables hold the
+    /// model up to the last event folded, as `apply` would have left them.
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError>;
 }
 
 /// A table a projection owns.

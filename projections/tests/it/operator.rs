@@ -145,7 +145,7 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
     // concurrently.
     let small = Options {
         batch_size: 7,
-        keep_old: false,
+        ..Options::default()
     };
     let all = projections::all();
     let reports = pass_over(&pool, &all, Mode::Swap, small).await;
@@ -193,6 +193,115 @@ async fn a_rebuild_under_load_swaps_in_a_model_equal_to_a_fresh_build(test_pool:
     pool.close().await;
 }
 
+/// A build from empty tables folds the log in memory and writes each row once (ADR 0009);
+/// one holding more than `fold_rows` writes them out and goes on batch by batch; one with
+/// `fold_rows` 0 goes batch by batch from the start. All three give the live model.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn folded_in_memory_written_out_midway_or_batch_by_batch_the_models_are_the_same(
+    pool: PgPool,
+) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let in_log = u64::try_from(rows_in_log(&pool).await).unwrap();
+    let all = projections::all();
+    for fold_rows in [1_000_000, 1, 0] {
+        let options = Options {
+            batch_size: 5,
+            fold_rows,
+            ..Options::default()
+        };
+        for report in pass_over(&pool, &all, Mode::DryRun, options).await {
+            let report = report.unwrap();
+            let context = format!("fold_rows {fold_rows}: {report:?}");
+            assert_eq!(report.events_read, in_log, "{context}");
+            match fold_rows {
+                0 => assert_eq!(report.events_folded, 0, "{context}"),
+                1 if report.projection == "order_details" => assert!(
+                    report.events_folded > 0 && report.events_folded < in_log,
+                    "written out after a few batches: {context}"
+                ),
+                1 => assert!(report.events_folded < in_log, "{context}"),
+                _ => assert_eq!(report.events_folded, in_log, "{context}"),
+            }
+            for diff in &report.diff {
+                assert_eq!(
+                    (diff.added, diff.removed, diff.changed),
+                    (0, 0, 0),
+                    "{context}"
+                );
+            }
+        }
+    }
+}
+
+/// A run that dies while folding (its future dropped mid-pass, as a crash would end it)
+/// recorded no checkpoint: the rows it wrote as it folded (the timeline's, each `COPY`
+/// committing on its own) do not count, the next run empties the shadow and starts over
+/// from the log's start, and builds the same model.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_run_that_dies_while_folding_counts_for_nothing_and_the_next_starts_over(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let live_before = rows(&pool, "order_details_v1").await;
+    let small = Options {
+        batch_size: 5,
+        ..Options::default()
+    };
+    let (first_batch, folded_one) = tokio::sync::oneshot::channel::<()>();
+    let mut first_batch = Some(first_batch);
+    let stop = never();
+    let running = rebuild::rebuild(
+        &pool,
+        Arc::new(projections::order_details::OrderDetailsProjection),
+        Mode::Swap,
+        small,
+        |done, _| {
+            if done > 0
+                && let Some(signal) = first_batch.take()
+            {
+                let _ = signal.send(());
+            }
+        },
+        &stop,
+    );
+    tokio::select! {
+        finished = running => panic!("the rebuild was to die mid-pass: {finished:?}"),
+        _ = folded_one => {}
+    }
+    let (position, applied): (i64, i64) = sqlx::query_as(
+        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((position, applied), (0, 0), "no checkpoint recorded");
+    let uncounted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rebuild_order_details.order_timeline_v1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        uncounted > 0,
+        "the first batch's timeline rows were written"
+    );
+    assert_eq!(
+        rows(&pool, "order_details_v1").await,
+        live_before,
+        "live untouched"
+    );
+
+    let report = order_details_swapped(&pool, small).await.unwrap();
+    assert!(!report.resumed, "nothing to resume from");
+    let in_log = u64::try_from(rows_in_log(&pool).await).unwrap();
+    assert_eq!((report.events_read, report.events_folded), (in_log, in_log));
+    assert_eq!(
+        rows(&pool, "order_details_v1").await,
+        live_before,
+        "the same model"
+    );
+    assert_live_equals_a_fresh_build(&pool).await;
+}
+
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) {
     Shop::new(&pool).history().await;
@@ -200,7 +309,7 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
     let live_before = rows(&pool, "order_details_v1").await;
     let small = Options {
         batch_size: 5,
-        keep_old: false,
+        ..Options::default()
     };
     let err = interrupted_after_one_batch(&pool, small).await;
     assert!(
@@ -273,7 +382,7 @@ async fn an_insert_only_table_is_built_without_its_indexes_and_swapped_in_with_t
     let details = indexes(&pool, "public.order_details_v1").await;
     let small = Options {
         batch_size: 5,
-        keep_old: false,
+        ..Options::default()
     };
     interrupted_after_one_batch(&pool, small).await;
     // Mid-build: the insert-only table has rows and no index; the others have theirs.
@@ -346,7 +455,7 @@ async fn indexing_a_shadow_table_leaves_all_its_indexes_or_none(pool: PgPool) {
         .unwrap();
     let small = Options {
         batch_size: 5,
-        keep_old: false,
+        ..Options::default()
     };
     interrupted_after_one_batch(&pool, small).await;
     let shadow = "rebuild_order_details.order_timeline_v1";
@@ -747,7 +856,7 @@ async fn a_pass_over_all_projections_resumes_each_from_its_own_checkpoint(pool: 
     let in_log = rows_in_log(&pool).await;
     let small = Options {
         batch_size: 5,
-        keep_old: false,
+        ..Options::default()
     };
     // order_details alone gets 5 events ahead...
     let err = interrupted_after_one_batch(&pool, small).await;
@@ -973,10 +1082,19 @@ async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPo
     }
     build_live(&pool).await;
     let live_before = rows(&pool, "inventory_v1").await;
-    // `ordo projections rebuild --all`, one event per batch, killed (SIGKILL: no clean-up)
-    // once the pass is well under way.
+    // `ordo projections rebuild --all`, one event per batch and batch by batch (a run
+    // folding in memory commits nothing before it writes out), killed (SIGKILL: no
+    // clean-up) once the pass is well under way.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args(["projections", "rebuild", "--all", "--batch-size", "1"])
+        .args([
+            "projections",
+            "rebuild",
+            "--all",
+            "--batch-size",
+            "1",
+            "--fold-rows",
+            "0",
+        ])
         .env("DATABASE_URL", database_url(&pool))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -1164,7 +1282,7 @@ async fn a_shadow_is_filled_with_only_its_key_index_and_swapped_in_with_every_in
         Arc::new(projections::customer_orders::CustomerOrdersProjection);
     let small = Options {
         batch_size: 5,
-        keep_old: false,
+        ..Options::default()
     };
     let err = interrupted_rebuild_after_one_batch(&pool, projection.clone(), small).await;
     assert!(matches!(err, RebuildError::Interrupted { .. }), "{err}");

@@ -1073,6 +1073,74 @@ async fn the_cli_replays_a_saga(pool: PgPool) {
     assert_eq!(code, 3, "{err}");
 }
 
+/// `ordo projections rebuild --all` killed (SIGKILL) while every projection folds, after
+/// timeline rows went out: no checkpoint moved, and the next run empties the shadows, starts
+/// over and swaps in the live models.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn a_pass_killed_while_folding_starts_over_and_swaps_in_the_same_models(pool: PgPool) {
+    let shop = Shop::new(&pool);
+    shop.history().await;
+    for n in 0..150u32 {
+        restock_a_mug(&shop, n).await;
+    }
+    build_live(&pool).await;
+    let live_before = rows(&pool, "order_details_v1").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["projections", "rebuild", "--all", "--batch-size", "1"])
+        .env("DATABASE_URL", database_url(&pool))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ordo runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let written: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN to_regclass('rebuild_order_details.order_timeline_v1') IS NOT NULL
+                    THEN (SELECT count(*) FROM rebuild_order_details.order_timeline_v1) END",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(None);
+        if written.is_some_and(|n| n >= 3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fold wrote no timeline rows"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().await.unwrap();
+    let recorded: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, checkpoint_position FROM projection_rebuilds ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded.len(), 4, "killed in the middle of the pass");
+    assert!(
+        recorded.iter().all(|(_, position)| *position == 0),
+        "nothing folded counts yet: {recorded:?}"
+    );
+
+    let (code, out, err) = ordo(&pool, &["projections", "rebuild", "--all", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(reports.len(), 4);
+    for report in &reports {
+        assert_eq!(report["resumed"], false, "{report}");
+        assert_eq!(report["events_folded"], report["events_read"], "{report}");
+        for diff in report["diff"].as_array().unwrap() {
+            assert_eq!(
+                (&diff["added"], &diff["removed"], &diff["changed"]),
+                (&0.into(), &0.into(), &0.into()),
+                "{report}"
+            );
+        }
+    }
+    assert_eq!(rows(&pool, "order_details_v1").await, live_before);
+    assert_live_equals_a_fresh_build(&pool).await;
+}
+
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPool) {
     let shop = Shop::new(&pool);

@@ -1073,6 +1073,55 @@ async fn the_cli_replays_a_saga(pool: PgPool) {
     assert_eq!(code, 3, "{err}");
 }
 
+/// `ordo projections rebuild --all` with `args`, killed (SIGKILL: no clean-up) once
+/// `started` (a query giving a count) reaches `at_least`.
+async fn rebuild_all_killed_once(pool: &PgPool, args: &[&str], started: &str, at_least: i64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["projections", "rebuild", "--all"])
+        .args(args)
+        .env("DATABASE_URL", database_url(pool))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ordo runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let count: Option<i64> = sqlx::query_scalar(started)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(None);
+        if count.is_some_and(|n| n >= at_least) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pass did not get that far"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().await.expect("kill ordo");
+}
+
+/// `ordo projections rebuild --all --json` run to the end: every projection swapped in with
+/// nothing added, removed or changed against live. Returns the reports.
+async fn rebuild_all_to_the_end(pool: &PgPool) -> Vec<serde_json::Value> {
+    let (code, out, err) = ordo(pool, &["projections", "rebuild", "--all", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).expect("the reports are JSON");
+    assert_eq!(reports.len(), 4);
+    for report in &reports {
+        assert_eq!(report["swapped"], true, "{report}");
+        for diff in report["diff"].as_array().expect("a diff per table") {
+            assert_eq!(
+                (&diff["added"], &diff["removed"], &diff["changed"]),
+                (&0.into(), &0.into(), &0.into()),
+                "{report}"
+            );
+        }
+    }
+    reports
+}
+
 /// `ordo projections rebuild --all` killed (SIGKILL) while every projection folds, after
 /// timeline rows went out: no checkpoint moved, and the next run empties the shadows, starts
 /// over and swaps in the live models.
@@ -1085,32 +1134,14 @@ async fn a_pass_killed_while_folding_starts_over_and_swaps_in_the_same_models(po
     }
     build_live(&pool).await;
     let live_before = rows(&pool, "order_details_v1").await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args(["projections", "rebuild", "--all", "--batch-size", "1"])
-        .env("DATABASE_URL", database_url(&pool))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ordo runs");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let written: Option<i64> = sqlx::query_scalar(
-            "SELECT CASE WHEN to_regclass('rebuild_order_details.order_timeline_v1') IS NOT NULL
-                    THEN (SELECT count(*) FROM rebuild_order_details.order_timeline_v1) END",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(None);
-        if written.is_some_and(|n| n >= 3) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fold wrote no timeline rows"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    child.kill().await.unwrap();
+    rebuild_all_killed_once(
+        &pool,
+        &["--batch-size", "1"],
+        "SELECT CASE WHEN to_regclass('rebuild_order_details.order_timeline_v1') IS NOT NULL
+                THEN (SELECT count(*) FROM rebuild_order_details.order_timeline_v1) END",
+        3,
+    )
+    .await;
     let recorded: Vec<(String, i64)> =
         sqlx::query_as("SELECT name, checkpoint_position FROM projection_rebuilds ORDER BY name")
             .fetch_all(&pool)
@@ -1122,20 +1153,9 @@ async fn a_pass_killed_while_folding_starts_over_and_swaps_in_the_same_models(po
         "nothing folded counts yet: {recorded:?}"
     );
 
-    let (code, out, err) = ordo(&pool, &["projections", "rebuild", "--all", "--json"]).await;
-    assert_eq!(code, 0, "{err}");
-    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(reports.len(), 4);
-    for report in &reports {
+    for report in rebuild_all_to_the_end(&pool).await {
         assert_eq!(report["resumed"], false, "{report}");
         assert_eq!(report["events_folded"], report["events_read"], "{report}");
-        for diff in report["diff"].as_array().unwrap() {
-            assert_eq!(
-                (&diff["added"], &diff["removed"], &diff["changed"]),
-                (&0.into(), &0.into(), &0.into()),
-                "{report}"
-            );
-        }
     }
     assert_eq!(rows(&pool, "order_details_v1").await, live_before);
     assert_live_equals_a_fresh_build(&pool).await;
@@ -1153,38 +1173,13 @@ async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPo
     // `ordo projections rebuild --all`, one event per batch and batch by batch (a run
     // folding in memory commits nothing before it writes out), killed (SIGKILL: no
     // clean-up) once the pass is well under way.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args([
-            "projections",
-            "rebuild",
-            "--all",
-            "--batch-size",
-            "1",
-            "--fold-rows",
-            "0",
-        ])
-        .env("DATABASE_URL", database_url(&pool))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ordo runs");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT min(events_applied)::bigint FROM projection_rebuilds")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if applied.is_some_and(|n| n >= 20) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pass did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    child.kill().await.unwrap();
+    rebuild_all_killed_once(
+        &pool,
+        &["--batch-size", "1", "--fold-rows", "0"],
+        "SELECT min(events_applied)::bigint FROM projection_rebuilds",
+        20,
+    )
+    .await;
     let unfinished: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_rebuilds")
         .fetch_one(&pool)
         .await
@@ -1196,20 +1191,8 @@ async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPo
         "live untouched"
     );
 
-    let (code, out, err) = ordo(&pool, &["projections", "rebuild", "--all", "--json"]).await;
-    assert_eq!(code, 0, "{err}");
-    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(reports.len(), 4);
-    for report in &reports {
+    for report in rebuild_all_to_the_end(&pool).await {
         assert_eq!(report["resumed"], true, "{report}");
-        assert_eq!(report["swapped"], true, "{report}");
-        for diff in report["diff"].as_array().unwrap() {
-            assert_eq!(
-                (&diff["added"], &diff["removed"], &diff["changed"]),
-                (&0.into(), &0.into(), &0.into()),
-                "{report}"
-            );
-        }
     }
     assert_eq!(rows(&pool, "inventory_v1").await, live_before);
     assert_live_equals_a_fresh_build(&pool).await;

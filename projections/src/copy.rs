@@ -8,8 +8,9 @@ use sqlx::PgConnection;
 use std::io::Write;
 use uuid::Uuid;
 
-/// Rows per `COPY` statement.
-pub(crate) const CHUNK_ROWS: usize = 20_000;
+/// Rows per `COPY` statement: as many as a rebuild's batch, so that no statement holds the
+/// log's horizon back for longer than a batch's transaction does.
+pub(crate) const CHUNK_ROWS: usize = 5_000;
 
 /// `COPY`s into one table, filled row by row, a statement every [`CHUNK_ROWS`] rows.
 pub(crate) struct Copy<'c> {

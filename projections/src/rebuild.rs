@@ -877,8 +877,7 @@ async fn build(
     };
     progress(passed, total.max(passed));
 
-    for (index, target) in std::mem::take(active) {
-        let mut target = target;
+    for (index, mut target) in std::mem::take(active) {
         match begin_folding(pool, &mut target, options).await {
             Ok(()) => active.push((index, target)),
             Err(err) => stopped.push((index, err)),

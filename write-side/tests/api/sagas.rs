@@ -481,7 +481,11 @@ async fn two_hundred_orders(pool: PgPool, kill_midway: bool) {
     const SKUS: [&str; 4] = ["SKU-A", "SKU-B", "SKU-C", "SKU-D"];
     const STOCK: i64 = 30;
     const TOKENS: [&str; 4] = ["tok_visa", "tok_decline", "tok_timeout", "tok_flaky"];
-    let mut shop = Fulfilment::start(pool, Duration::from_secs(8)).await;
+    // The payment deadline leaves a declined card time to get its answer while fifty
+    // timeout cards hold the gateway's attempts (250 ms each) and trip its breaker: with
+    // 8 s, a slow machine running the other tests alongside once ended a `tok_decline`
+    // order `payment_timeout` (1 run in 4).
+    let mut shop = Fulfilment::start(pool, Duration::from_secs(20)).await;
     for sku in SKUS {
         shop.register(sku, STOCK, 1000).await;
     }

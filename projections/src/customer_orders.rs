@@ -11,9 +11,8 @@ use cqrs_es::Aggregate;
 use domain::order::{Order, OrderEvent, OrderStatus};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
+use infra::projection::{ApplyError, Copy, CopySink, Decoded, Fold, Projection, Table, View};
 
-use crate::copy::Copy;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -248,7 +247,7 @@ struct Folded {
 impl Fold for Folded {
     async fn fold(
         &mut self,
-        _conn: &mut PgConnection,
+        _out: &mut dyn CopySink,
         events: &[Decoded],
     ) -> Result<(), ApplyError> {
         evolve_all(&mut self.rows, events)
@@ -258,15 +257,20 @@ impl Fold for Folded {
         self.rows.len()
     }
 
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+    async fn flush(
+        &mut self,
+        _conn: &mut PgConnection,
+        out: &mut dyn CopySink,
+    ) -> Result<(), ApplyError> {
         let mut rows: Vec<Row> = self.rows.drain().map(|(_, row)| row).collect();
         // In key order: each row's key lands beside the last in the key's index.
         rows.sort_unstable_by_key(|r| r.order_id);
         let mut copy = Copy::into(
-            conn,
+            out,
             "customer_orders_v1",
             "customer_id, order_id, placed_at, placed_position, status, currency, total_minor, \
              line_count, version, last_position",
+            false,
         );
         for r in &rows {
             copy.uuid(r.customer_id)
@@ -276,7 +280,7 @@ impl Fold for Folded {
                 .text(&r.status)
                 .text(&r.currency)
                 .opt_int(r.total_minor)
-                .int(r.line_count)
+                .int4(r.line_count)
                 .int(r.version)
                 .int(r.last_position);
             copy.end_row().await?;

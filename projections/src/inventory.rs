@@ -11,7 +11,7 @@ use cqrs_es::Aggregate;
 use domain::inventory::{InventoryEvent, InventoryItem};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
+use infra::projection::{ApplyError, CopySink, Decoded, Fold, Projection, Table, View};
 
 use crate::FLUSH_ROWS;
 use sqlx::PgConnection;
@@ -205,7 +205,7 @@ struct Folded {
 impl Fold for Folded {
     async fn fold(
         &mut self,
-        _conn: &mut PgConnection,
+        _out: &mut dyn CopySink,
         events: &[Decoded],
     ) -> Result<(), ApplyError> {
         evolve_all(&mut self.rows, events);
@@ -216,7 +216,11 @@ impl Fold for Folded {
         self.rows.len()
     }
 
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+    async fn flush(
+        &mut self,
+        conn: &mut PgConnection,
+        _out: &mut dyn CopySink,
+    ) -> Result<(), ApplyError> {
         let mut rows: Vec<Row> = self.rows.drain().map(|(_, row)| row).collect();
         rows.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
         for chunk in rows.chunks(FLUSH_ROWS) {

@@ -25,6 +25,7 @@ pub mod order_details;
 pub mod rebuild;
 pub mod replay;
 pub mod sales_daily;
+mod writers;
 
 use std::sync::Arc;
 
@@ -36,7 +37,6 @@ use tokio::sync::{Notify, watch};
 /// Rows per statement when a [`Fold`](infra::projection::Fold) writes out what it held.
 pub(crate) const FLUSH_ROWS: usize = 10_000;
 
-pub(crate) mod copy;
 /// Every read model of the system, in the order they are started.
 pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![

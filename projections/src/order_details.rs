@@ -17,12 +17,11 @@ use domain::order::{Order, OrderEvent, OrderStatus};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
+use infra::projection::{ApplyError, Copy, CopySink, Decoded, Fold, Projection, Table, View};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::copy::Copy;
 use crate::customer_orders::order_id;
 
 #[derive(Debug, Clone, Copy)]
@@ -614,21 +613,21 @@ struct Folded {
 
 #[async_trait]
 impl Fold for Folded {
-    async fn fold(
-        &mut self,
-        conn: &mut PgConnection,
-        events: &[Decoded],
-    ) -> Result<(), ApplyError> {
+    async fn fold(&mut self, out: &mut dyn CopySink, events: &[Decoded]) -> Result<(), ApplyError> {
         self.changes.evolve_all(events)?;
         let timeline = std::mem::take(&mut self.changes.timeline);
-        copy_timeline(conn, &timeline).await
+        copy_timeline(out, &timeline).await
     }
 
     fn held(&self) -> usize {
         self.changes.rows.len() + self.changes.payments.len()
     }
 
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+    async fn flush(
+        &mut self,
+        _conn: &mut PgConnection,
+        out: &mut dyn CopySink,
+    ) -> Result<(), ApplyError> {
         let Changes {
             rows,
             payments,
@@ -641,10 +640,11 @@ impl Fold for Folded {
         // In key order: each row's key lands beside the last in the key's index.
         payments.sort_unstable_by_key(|r| r.order_id);
         let mut copy = Copy::into(
-            conn,
+            out,
             "order_payments_v1",
             "order_id, payment_status, captured_minor, refunded_minor, version, updated_at, \
              last_position",
+            false,
         );
         for r in &payments {
             copy.uuid(r.order_id)
@@ -660,10 +660,11 @@ impl Fold for Folded {
         let mut rows: Vec<Row> = rows.into_values().collect();
         rows.sort_unstable_by_key(|r| r.order_id);
         let mut copy = Copy::into(
-            conn,
+            out,
             "order_details_v1",
             "order_id, customer_id, status, currency, lines, total_minor, cancel_reason, \
              version, placed_at, updated_at, last_position",
+            false,
         );
         for r in &rows {
             copy.uuid(r.order_id)
@@ -680,19 +681,20 @@ impl Fold for Folded {
             copy.end_row().await?;
         }
         copy.finish().await?;
-        copy_timeline(conn, &timeline).await
+        copy_timeline(out, &timeline).await
     }
 }
 
 /// New timeline entries, with `COPY`.
-async fn copy_timeline(conn: &mut PgConnection, timeline: &[Entry]) -> Result<(), ApplyError> {
+async fn copy_timeline(out: &mut dyn CopySink, timeline: &[Entry]) -> Result<(), ApplyError> {
     if timeline.is_empty() {
         return Ok(());
     }
     let mut copy = Copy::into(
-        conn,
+        out,
         "order_timeline_v1",
         "order_id, position, event_id, at, source, event_type, description",
+        true,
     );
     for e in timeline {
         copy.uuid(e.order_id)

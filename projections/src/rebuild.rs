@@ -21,12 +21,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
+
 use infra::event_store::{Checkpoint, StoreError};
 use infra::projection::{
-    ApplyError, Decoded, Fold, Projection, Read, Table, decode_read, distribute, event_types_of,
-    read_log,
+    ApplyError, Decoded, Fold, Projection, Read, Table, decode_log_rows, decode_read, distribute,
+    event_types_of, last_of_log_rows, read_log, read_log_rows,
 };
 use serde::Serialize;
+
+use crate::writers::Writers;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 /// Build and swap, or only build and compare.
@@ -417,16 +421,90 @@ async fn apply_events(
     Ok((read, last))
 }
 
-/// Reads the batch after `checkpoint` on a pool connection of its own, in a task, so the
-/// next batch is read (and its rows decoded) while this one is applied.
-fn read_ahead(
+/// Batches read ahead of the pass and not yet applied: what bounds the memory in between.
+const READ_AHEAD: usize = 2;
+
+/// Reads the log ahead of the pass, in a task of its own, on pool connections: each batch's
+/// rows are decoded in a task of their own while the next batch is read, so PostgreSQL
+/// reads while `ordo` decodes. Stops after an empty batch (nothing settled is left) or a
+/// failure, and when dropped.
+struct Reader {
+    batches: tokio::sync::mpsc::Receiver<JoinHandle<Result<Vec<Read>, RebuildError>>>,
+    task: JoinHandle<()>,
+}
+
+impl Reader {
+    /// Reads from after `checkpoint`, `limit` events a batch.
+    fn start(
+        pool: &PgPool,
+        types: Option<Arc<[&'static str]>>,
+        checkpoint: Checkpoint,
+        limit: u32,
+    ) -> Self {
+        let pool = pool.clone();
+        let (queue, batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let task = tokio::spawn(async move {
+            let mut after = checkpoint;
+            loop {
+                let (decoding, last) = match read_rows(&pool, types.as_deref(), after, limit).await
+                {
+                    Ok((last, decode)) => (tokio::spawn(async move { decode() }), last),
+                    Err(err) => (tokio::spawn(async move { Err(err) }), None),
+                };
+                if queue.send(decoding).await.is_err() {
+                    return;
+                }
+                match last {
+                    Some(last) => after = last,
+                    None => return,
+                }
+            }
+        });
+        Self { batches, task }
+    }
+
+    /// The next batch, in log order: empty when nothing settled was left.
+    async fn next(&mut self) -> Result<Vec<Read>, RebuildError> {
+        match self.batches.recv().await {
+            Some(decoding) => decoding.await.map_err(RebuildError::ReadAhead)?,
+            // The reader ended without a batch: it panicked.
+            None => (&mut self.task)
+                .await
+                .map(|()| Vec::new())
+                .map_err(RebuildError::ReadAhead),
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Decode = Box<dyn FnOnce() -> Result<Vec<Read>, RebuildError> + Send>;
+
+/// The batch after `after`, read: where it ends, and what decodes it.
+async fn read_rows(
     pool: &PgPool,
-    types: Option<Arc<[&'static str]>>,
-    checkpoint: Checkpoint,
+    types: Option<&[&'static str]>,
+    after: Checkpoint,
     limit: u32,
-) -> tokio::task::JoinHandle<Result<Vec<Read>, RebuildError>> {
-    let pool = pool.clone();
-    tokio::spawn(async move { read_batch(&pool, types.as_deref(), checkpoint, limit).await })
+) -> Result<(Option<Checkpoint>, Decode), RebuildError> {
+    let Some(types) = types else {
+        // Every payload, decoded as it is read.
+        let events = read_batch(pool, None, after, limit).await?;
+        let last = events.last().map(|(e, _)| e.checkpoint());
+        return Ok((last, Box::new(move || Ok(events))));
+    };
+    let rows = read_log_rows(pool, types, after, limit)
+        .await
+        .map_err(RebuildError::ReadLog)?;
+    let last = last_of_log_rows(&rows).map_err(RebuildError::ReadLog)?;
+    Ok((
+        last,
+        Box::new(move || decode_log_rows(&rows).map_err(RebuildError::ReadLog)),
+    ))
 }
 
 /// Rows added, removed and changed in `schema`'s copy of each table, against live: the two
@@ -525,12 +603,15 @@ struct Target {
 /// A target folding the log in memory ([`Fold`]).
 struct Folding {
     model: Box<dyn Fold>,
-    /// A connection of its own, not the pool's (held for the whole fold, it would starve a
+    /// Connections of its own, not the pool's (held for the whole fold, they would starve a
     /// small pool), with no transaction open: every statement commits on its own, so the
     /// fold never holds back the log's horizon (`pg_snapshot_xmin`) that every live
     /// follower reads below. The rows count only once the flush records the checkpoint; a
-    /// build starting at the log's start empties its shadow first ([`prepare`]).
+    /// build starting at the log's start empties its shadow first ([`prepare`]). `conn`
+    /// for the flush's own statements and the checkpoint, `writers` for the rows' `COPY`s,
+    /// written while the fold goes on.
     conn: PgConnection,
+    writers: Writers,
     /// Events folded (or skipped as not its own) since the shadow was empty.
     read: u64,
 }
@@ -886,10 +967,9 @@ async fn build(
     let types = payload_types(active);
     let mut checkpoint = start;
     let mut idle_since: Option<Instant> = None;
-    let mut ahead = read_ahead(pool, types.clone(), checkpoint, options.batch_size);
+    let mut ahead = Reader::start(pool, types.clone(), checkpoint, options.batch_size);
     while !active.is_empty() {
         if stop.load(Ordering::SeqCst) {
-            ahead.abort();
             // What was folded in memory is kept: the run resumes from it.
             stopped.extend(flush_all(active, mode).await);
             for (index, target) in active.drain(..) {
@@ -902,14 +982,10 @@ async fn build(
             }
             break;
         }
-        let events = match (&mut ahead).await {
-            Ok(Ok(events)) => events,
-            Ok(Err(err)) => {
-                stopped.extend(stop_all(active, err));
-                break;
-            }
+        let events = match ahead.next().await {
+            Ok(events) => events,
             Err(err) => {
-                stopped.extend(stop_all(active, RebuildError::ReadAhead(err)));
+                stopped.extend(stop_all(active, err));
                 break;
             }
         };
@@ -928,11 +1004,10 @@ async fn build(
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            ahead = read_ahead(pool, types.clone(), checkpoint, options.batch_size);
+            ahead = Reader::start(pool, types.clone(), checkpoint, options.batch_size);
             continue;
         };
         idle_since = None;
-        ahead = read_ahead(pool, types.clone(), last, options.batch_size);
         let read = events.len();
         let parts = split_batch(events, active);
         // Each projection's part in a task of its own: their CPU work (evolving rows,
@@ -946,7 +1021,7 @@ async fn build(
                     let outcome = apply_part(&pool, &mut target, part, mode, options).await;
                     (target, outcome)
                 });
-                (index, task)
+                (index, Owned(task))
             })
             .collect();
         stopped.extend(join_targets(active, applying).await);
@@ -954,12 +1029,34 @@ async fn build(
         passed += read as u64;
         progress(passed, total.max(passed));
     }
-    ahead.abort();
+    drop(ahead);
     stopped.extend(flush_all(active, mode).await);
     stopped
 }
 
-type Stepping = tokio::task::JoinHandle<(Target, Result<(), RebuildError>)>;
+type Stepping = Owned<(Target, Result<(), RebuildError>)>;
+
+/// A task that is aborted when its handle is dropped before it ended: a rebuild whose future
+/// is dropped (cancelled) leaves no task behind writing to its shadow, not even to the
+/// next run's, which empties it first.
+struct Owned<T>(JoinHandle<T>);
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Owned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 /// Waits for each target's task: puts back in `active` those that went on, returns those
 /// that stopped.
@@ -996,13 +1093,20 @@ async fn begin_folding(
     let Some(model) = target.projection.fold() else {
         return Ok(());
     };
-    let mut conn = PgConnection::connect_with(&pool.connect_options())
-        .await
-        .map_err(database("connect"))?;
-    select_shadow(&mut conn, &target.schema, false).await?;
+    let mut conns = Vec::new();
+    // One for the flush and the checkpoint, and one writer per table, up to two.
+    for _ in 0..=target.projection.tables().len().clamp(1, 2) {
+        let mut conn = PgConnection::connect_with(&pool.connect_options())
+            .await
+            .map_err(database("connect"))?;
+        select_shadow(&mut conn, &target.schema, false).await?;
+        conns.push(conn);
+    }
+    let conn = conns.remove(0);
     target.folding = Some(Folding {
         model,
         conn,
+        writers: Writers::new(conns),
         read: 0,
     });
     Ok(())
@@ -1017,7 +1121,7 @@ async fn flush_all(active: &mut Vec<(usize, Target)>, mode: Mode) -> Vec<(usize,
                 let outcome = flush(&mut target, mode).await;
                 (target, outcome)
             });
-            (index, task)
+            (index, Owned(task))
         })
         .collect();
     join_targets(active, flushing).await
@@ -1027,24 +1131,25 @@ async fn flush_all(active: &mut Vec<(usize, Target)>, mode: Mode) -> Vec<(usize,
 /// them (and the timeline rows written as it folded) the shadow's; the build goes on batch
 /// by batch from there. Nothing for a target not folding.
 async fn flush(target: &mut Target, mode: Mode) -> Result<(), RebuildError> {
-    let Some(mut folding) = target.folding.take() else {
+    let Some(Folding {
+        mut model,
+        mut conn,
+        mut writers,
+        read,
+    }) = target.folding.take()
+    else {
         return Ok(());
     };
-    folding
-        .model
-        .flush(&mut folding.conn)
+    model
+        .flush(&mut conn, &mut writers)
         .await
         .map_err(RebuildError::Flush)?;
+    writers.finish().await.map_err(RebuildError::Flush)?;
     if mode == Mode::Swap {
-        record_checkpoint(
-            &mut folding.conn,
-            target.projection.name(),
-            target.checkpoint,
-            folding.read,
-        )
-        .await?;
+        // After every chunk's commit: in the WAL, the checkpoint follows the rows it counts.
+        record_checkpoint(&mut conn, target.projection.name(), target.checkpoint, read).await?;
     }
-    let _ = folding.conn.close().await;
+    let _ = conn.close().await;
     Ok(())
 }
 
@@ -1148,7 +1253,7 @@ async fn apply_part(
         if let Some(first) = first {
             folding
                 .model
-                .fold(&mut folding.conn, &part.decoded)
+                .fold(&mut folding.writers, &part.decoded)
                 .await
                 .map_err(poisoned(first))?;
         }

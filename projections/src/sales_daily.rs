@@ -19,11 +19,10 @@ use domain::order::{CancelReason, Order, OrderEvent};
 use domain::payment::{Payment, PaymentEvent};
 use infra::event_store::StoredEvent;
 use infra::projection::events::DomainEvent;
-use infra::projection::{ApplyError, Decoded, Fold, Projection, Table, View};
+use infra::projection::{ApplyError, Copy, CopySink, Decoded, Fold, Projection, Table, View};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::copy::Copy;
 use crate::customer_orders::order_id;
 
 #[derive(Debug, Clone, Copy)]
@@ -367,7 +366,7 @@ struct Folded {
 impl Fold for Folded {
     async fn fold(
         &mut self,
-        _conn: &mut PgConnection,
+        _out: &mut dyn CopySink,
         events: &[Decoded],
     ) -> Result<(), ApplyError> {
         for decoded in events {
@@ -380,7 +379,11 @@ impl Fold for Folded {
         self.changes.memos.len() + self.changes.counted_refunds.len() + self.changes.days.len()
     }
 
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+    async fn flush(
+        &mut self,
+        conn: &mut PgConnection,
+        out: &mut dyn CopySink,
+    ) -> Result<(), ApplyError> {
         let Changes {
             memos,
             counted_refunds: _,
@@ -391,9 +394,10 @@ impl Fold for Folded {
         // In key order: each row's key lands beside the last in the key's index.
         memos.sort_unstable_by_key(|m| m.order_id);
         let mut copy = Copy::into(
-            conn,
+            out,
             "sales_daily_orders_v1",
             "order_id, currency, total_minor, confirmed, cancelled",
+            false,
         );
         for m in &memos {
             copy.uuid(m.order_id)
@@ -405,7 +409,7 @@ impl Fold for Folded {
         }
         copy.finish().await?;
         new_refunds.sort_unstable();
-        let mut copy = Copy::into(conn, "sales_daily_refunds_v1", "refund_id");
+        let mut copy = Copy::into(out, "sales_daily_refunds_v1", "refund_id", false);
         for refund in new_refunds {
             copy.uuid(refund);
             copy.end_row().await?;

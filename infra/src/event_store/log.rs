@@ -215,6 +215,19 @@ pub async fn read_after_decoding<'c, T>(
     payload_types: &[&str],
     decode: impl Fn(&StoredEvent, &str) -> T,
 ) -> Result<Vec<(StoredEvent, Option<T>)>, StoreError> {
+    let rows = read_rows_after(executor, after, limit, payload_types).await?;
+    decode_read_rows(&rows, decode)
+}
+
+/// What [`read_after_decoding`] reads, as rows, before anything is decoded: a caller that
+/// reads ahead decodes one batch (with [`decode_read_rows`]) while it reads the next, after
+/// [`last_checkpoint`].
+pub async fn read_rows_after<'c>(
+    executor: impl PgExecutor<'c>,
+    after: Checkpoint,
+    limit: u32,
+    payload_types: &[&str],
+) -> Result<Vec<PgRow>, StoreError> {
     let sql =
         "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type,
                 aggregate_id, sequence, event_type, event_version,
@@ -225,14 +238,29 @@ pub async fn read_after_decoding<'c, T>(
             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
           ORDER BY events.transaction_id, events.position
           LIMIT $3";
-    let rows = sqlx::query(sql)
+    sqlx::query(sql)
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         .bind(i64::from(limit))
         .bind(payload_types)
         .fetch_all(executor)
         .await
-        .map_err(StoreError::ReadLog)?;
+        .map_err(StoreError::ReadLog)
+}
+
+/// The place in the log of the last of `rows` (from [`read_rows_after`]), if any.
+pub fn last_checkpoint(rows: &[PgRow]) -> Result<Option<Checkpoint>, StoreError> {
+    rows.last()
+        .map(|row| StoredEvent::from_row_without_payload(row).map(|e| e.checkpoint()))
+        .transpose()
+        .map_err(StoreError::ReadLog)
+}
+
+/// The events of `rows` (from [`read_rows_after`]), each payload read decoded.
+pub fn decode_read_rows<T>(
+    rows: &[PgRow],
+    decode: impl Fn(&StoredEvent, &str) -> T,
+) -> Result<Vec<(StoredEvent, Option<T>)>, StoreError> {
     rows.iter()
         .map(|row| {
             let stored = StoredEvent::from_row_without_payload(row)?;

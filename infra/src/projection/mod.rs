@@ -3,6 +3,7 @@
 //!
 //! Deliberately not here: any particular read model (the `projections` crate).
 
+pub mod copy;
 pub mod events;
 mod group;
 pub mod status;
@@ -16,6 +17,7 @@ use crate::event_store::{Checkpoint, StoreError, StoredEvent, log};
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
+pub use copy::{CHUNK_ROWS, Copy, CopyChunk, CopySink};
 pub use group::{Group, Stepped};
 pub use wake::{EVENTS_CHANNEL, Wakeup, listen_for, listen_for_events};
 pub use worker::{CHECKPOINTS_CHANNEL, CheckpointNotice, Outcome, Worker, WorkerError};
@@ -97,28 +99,34 @@ pub trait Projection: Send + Sync + 'static {
 
 /// A projection's model kept in memory across batches, starting from empty tables: what
 /// [`Projection::apply`] loads, evolves and writes back per batch, with the loads and the
-/// rewrites of rows that change again later left out. The same evolve and the same write
-/// statements as `apply`, so both build the same rows (the tests compare them).
+/// rewrites of rows that change again later left out. The same evolve as `apply`, so both
+/// build the same rows (the tests compare them).
 ///
-/// The caller runs every call on one connection of its own, over the tables `search_path`
-/// selects, which were empty when the fold began, and outside any transaction: what it
-/// writes may commit statement by statement (a long transaction would hold back the log's
-/// horizon every live follower reads below). Those rows count only once the caller records
-/// its checkpoint after [`flush`](Self::flush); a build that starts over empties the tables
-/// first.
+/// Rows go out as `COPY` chunks ([`Copy`]) through a [`CopySink`], which writes them on
+/// connections of its own while the fold goes on; anything else on `conn` (in
+/// [`flush`](Self::flush)). Every connection's `search_path` selects the tables, which were
+/// empty when the fold began, and none is in a transaction: what the fold writes commits
+/// statement by statement (a long transaction would hold back the log's horizon every live
+/// follower reads below). Those rows count only once the caller, after `flush` and after
+/// every chunk was written, records its checkpoint; a build that starts over empties the
+/// tables first.
 #[async_trait]
 pub trait Fold: Send {
     /// Folds a batch (the events the projection handles, in log order) into memory, and
-    /// writes the rows that are final already (those of insert-only tables).
-    async fn fold(&mut self, conn: &mut PgConnection, events: &[Decoded])
-    -> Result<(), ApplyError>;
+    /// hands `out` the rows that are final already (those of insert-only tables).
+    async fn fold(&mut self, out: &mut dyn CopySink, events: &[Decoded]) -> Result<(), ApplyError>;
 
     /// Rows held in memory: the caller flushes beyond its bound.
     fn held(&self) -> usize;
 
-    /// Writes every row held, as new rows, and forgets them. After it the tables hold the
-    /// model up to the last event folded, as `apply` would have left them.
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ApplyError>;
+    /// Writes every row held, as new rows, and forgets them. Once `out` has written its
+    /// chunks the tables hold the model up to the last event folded, as `apply` would have
+    /// left them.
+    async fn flush(
+        &mut self,
+        conn: &mut PgConnection,
+        out: &mut dyn CopySink,
+    ) -> Result<(), ApplyError>;
 }
 
 /// A table a projection owns.
@@ -180,6 +188,27 @@ pub async fn read_log<'c>(
             .await
             .map(|events| events.into_iter().map(|stored| (stored, None)).collect()),
     }
+}
+
+/// [`read_log`] in two steps, for a reader that decodes one batch while it reads the next:
+/// the rows of up to `limit` settled events after `after`, the payloads of `types` as text.
+pub async fn read_log_rows<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    types: &[&str],
+    after: Checkpoint,
+    limit: u32,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    log::read_rows_after(executor, after, limit, types).await
+}
+
+/// The events of rows from [`read_log_rows`], as [`read_log`] returns them.
+pub fn decode_log_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Read>, StoreError> {
+    log::decode_read_rows(rows, decode_text)
+}
+
+/// Where the last of rows from [`read_log_rows`] lies in the log (`None` for no rows).
+pub fn last_of_log_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Option<Checkpoint>, StoreError> {
+    log::last_checkpoint(rows)
 }
 
 /// What an event [`read_log`] returned decodes to: an event of a type not read has no

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod commands;
+mod copy;
 mod db;
 mod global_log;
 mod group_commit;

@@ -250,7 +250,7 @@ async fn a_run_that_dies_while_folding_counts_for_nothing_and_the_next_starts_ov
     let (first_batch, folded_one) = tokio::sync::oneshot::channel::<()>();
     let mut first_batch = Some(first_batch);
     let stop = never();
-    let running = rebuild::rebuild(
+    let mut running = Box::pin(rebuild::rebuild(
         &pool,
         Arc::new(projections::order_details::OrderDetailsProjection),
         Mode::Swap,
@@ -263,11 +263,28 @@ async fn a_run_that_dies_while_folding_counts_for_nothing_and_the_next_starts_ov
             }
         },
         &stop,
-    );
+    ));
     tokio::select! {
-        finished = running => panic!("the rebuild was to die mid-pass: {finished:?}"),
+        finished = &mut running => panic!("the rebuild was to die mid-pass: {finished:?}"),
         _ = folded_one => {}
     }
+    // The first batch's timeline rows were handed to a writer in the background: they go in
+    // while the run, no longer polled, reaches nothing further (no flush, no checkpoint).
+    let timeline_rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rebuild_order_details.order_timeline_v1")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while timeline_rows().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first batch's timeline rows were never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    drop(running);
     let (position, applied): (i64, i64) = sqlx::query_as(
         "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
     )
@@ -275,15 +292,7 @@ async fn a_run_that_dies_while_folding_counts_for_nothing_and_the_next_starts_ov
     .await
     .unwrap();
     assert_eq!((position, applied), (0, 0), "no checkpoint recorded");
-    let uncounted: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM rebuild_order_details.order_timeline_v1")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert!(
-        uncounted > 0,
-        "the first batch's timeline rows were written"
-    );
+    assert!(timeline_rows().await > 0, "timeline rows were written");
     assert_eq!(
         rows(&pool, "order_details_v1").await,
         live_before,
@@ -300,6 +309,46 @@ async fn a_run_that_dies_while_folding_counts_for_nothing_and_the_next_starts_ov
         "the same model"
     );
     assert_live_equals_a_fresh_build(&pool).await;
+}
+
+/// Rows the database refuses while a fold writes them in the background (a check on live,
+/// `NOT VALID` so that live's own rows stand, which the shadow copies) fail the rebuild:
+/// no checkpoint, nothing swapped, live untouched.
+#[sqlx::test(migrator = "infra::db::MIGRATOR")]
+async fn rows_refused_while_folding_fail_the_rebuild_and_nothing_is_swapped(pool: PgPool) {
+    Shop::new(&pool).history().await;
+    build_live(&pool).await;
+    let live_before = rows(&pool, "order_details_v1").await;
+    let timeline_before = rows(&pool, "order_timeline_v1").await;
+    sqlx::query(
+        "ALTER TABLE order_timeline_v1
+           ADD CONSTRAINT refused CHECK (event_type <> 'OrderPlaced') NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let small = Options {
+        batch_size: 5,
+        ..Options::default()
+    };
+    let err = order_details_swapped(&pool, small).await.unwrap_err();
+    assert!(
+        matches!(err, RebuildError::Poison { .. } | RebuildError::Flush(_)),
+        "{err:?}"
+    );
+    assert!(
+        format!("{err:?}").contains("23514"),
+        "the check's violation: {err:?}"
+    );
+    let (position, applied): (i64, i64) = sqlx::query_as(
+        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((position, applied), (0, 0), "no checkpoint recorded");
+    assert_eq!(rows(&pool, "order_details_v1").await, live_before);
+    assert_eq!(rows(&pool, "order_timeline_v1").await, timeline_before);
 }
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]

@@ -84,7 +84,8 @@ pub struct Report {
     /// (ADR 0009); the rest were applied batch by batch.
     pub events_folded: u64,
     pub seconds: f64,
-    /// Building the shadow tables (reading, applying, writing).
+    /// Building the shadow tables (reading, applying, writing out what was folded, and
+    /// building the indexes), from the run's start; the pass over the log is shared.
     pub build_seconds: f64,
     /// Comparing them with live.
     pub verify_seconds: f64,
@@ -680,18 +681,30 @@ pub async fn rebuild_many(
     }
 
     let pass = build(pool, &mut active, mode, options, &mut progress, stop).await;
-    let build_seconds = started.elapsed().as_secs_f64();
     for (index, outcome) in pass {
         results[index] = Some(Err(outcome));
     }
+    // Each projection on its own from here: it writes out what it folded (in a task of its
+    // own: encoding rows is CPU work), then verifies, indexes and swaps while the others
+    // may still be writing theirs.
     let finishing = active
-        .iter()
+        .into_iter()
         .filter(|(index, _)| results[*index].is_none())
-        .map(|(index, target)| async move {
-            (
-                *index,
-                finish(pool, target, mode, options, started, build_seconds).await,
-            )
+        .map(|(index, mut target)| async move {
+            let flushed = Owned(tokio::spawn(async move {
+                let outcome = flush(&mut target, mode).await;
+                (target, outcome)
+            }))
+            .await;
+            let report = match flushed {
+                Ok((target, Ok(()))) => {
+                    let build_seconds = started.elapsed().as_secs_f64();
+                    finish(pool, &target, mode, options, started, build_seconds).await
+                }
+                Ok((_, Err(err))) => Err(err),
+                Err(err) => Err(RebuildError::Apply(err)),
+            };
+            (index, report)
         });
     for (index, report) in futures::future::join_all(finishing).await {
         results[index] = Some(report);
@@ -916,10 +929,11 @@ fn stop_all(active: &mut Vec<(usize, Target)>, err: RebuildError) -> Vec<(usize,
         .collect()
 }
 
-/// The pass: batch by batch until every target's shadow has every settled event. The next
-/// batch is read while this one is applied (the read uses another connection; settled
-/// events never change), so reading and decoding overlap with the writes. Returns the
-/// targets that stopped, with why; the others are built.
+/// The pass: batch by batch until every target has every settled event. The next batches
+/// are read while this one is applied (the reads use other connections; settled events
+/// never change), so reading and decoding overlap with the writes. Returns the targets that
+/// stopped, with why; the others have every event, in their shadows or, while they fold,
+/// in memory ([`flush`] writes them out).
 async fn build(
     pool: &PgPool,
     active: &mut Vec<(usize, Target)>,
@@ -1030,7 +1044,6 @@ async fn build(
         progress(passed, total.max(passed));
     }
     drop(ahead);
-    stopped.extend(flush_all(active, mode).await);
     stopped
 }
 

@@ -13,6 +13,20 @@ struct Direct {
     chunks: Vec<(usize, bool)>,
 }
 
+impl Direct {
+    /// On a connection of its own, after `create` made the table.
+    async fn with_table(pool: &PgPool, create: &str) -> Self {
+        sqlx::query(create)
+            .execute(pool)
+            .await
+            .expect("the table is made");
+        Self {
+            conn: pool.acquire().await.expect("a connection").detach(),
+            chunks: Vec::new(),
+        }
+    }
+}
+
 #[async_trait]
 impl CopySink for Direct {
     async fn copy(&mut self, chunk: CopyChunk) -> Result<(), ApplyError> {
@@ -55,18 +69,13 @@ fn row(i: u32) -> Written {
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn copy_writes_every_type_and_nulls_in_chunks(pool: PgPool) {
-    sqlx::query(
+    let mut sink = Direct::with_table(
+        &pool,
         "CREATE TABLE copied (id uuid PRIMARY KEY, n bigint NOT NULL, small integer NOT NULL,
                               flag boolean NOT NULL, at timestamptz NOT NULL, label text,
                               doc jsonb NOT NULL, maybe bigint)",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let mut sink = Direct {
-        conn: pool.acquire().await.unwrap().detach(),
-        chunks: Vec::new(),
-    };
+    .await;
     let count = u32::try_from(CHUNK_ROWS).expect("a few thousand") + 2;
     let mut copy = Copy::into(
         &mut sink,
@@ -101,14 +110,7 @@ async fn copy_writes_every_type_and_nulls_in_chunks(pool: PgPool) {
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_copy_of_no_rows_sends_nothing_and_a_wrong_type_fails_loudly(pool: PgPool) {
-    sqlx::query("CREATE TABLE narrow (small integer NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut sink = Direct {
-        conn: pool.acquire().await.unwrap().detach(),
-        chunks: Vec::new(),
-    };
+    let mut sink = Direct::with_table(&pool, "CREATE TABLE narrow (small integer NOT NULL)").await;
     Copy::into(&mut sink, "narrow", "small", true)
         .finish()
         .await

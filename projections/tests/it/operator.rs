@@ -285,12 +285,7 @@ async fn a_run_that_dies_while_folding_counts_for_nothing_and_the_next_starts_ov
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     drop(running);
-    let (position, applied): (i64, i64) = sqlx::query_as(
-        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (position, applied) = rebuild_checkpoint(&pool, "order_details").await;
     assert_eq!((position, applied), (0, 0), "no checkpoint recorded");
     assert!(timeline_rows().await > 0, "timeline rows were written");
     assert_eq!(
@@ -340,12 +335,7 @@ async fn rows_refused_while_folding_fail_the_rebuild_and_nothing_is_swapped(pool
         format!("{err:?}").contains("23514"),
         "the check's violation: {err:?}"
     );
-    let (position, applied): (i64, i64) = sqlx::query_as(
-        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (position, applied) = rebuild_checkpoint(&pool, "order_details").await;
     assert_eq!((position, applied), (0, 0), "no checkpoint recorded");
     assert_eq!(rows(&pool, "order_details_v1").await, live_before);
     assert_eq!(rows(&pool, "order_timeline_v1").await, timeline_before);
@@ -370,12 +360,7 @@ async fn an_interrupted_rebuild_leaves_live_untouched_and_resumes(pool: PgPool) 
         live_before,
         "live untouched"
     );
-    let (position, applied): (i64, i64) = sqlx::query_as(
-        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = 'order_details'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (position, applied) = rebuild_checkpoint(&pool, "order_details").await;
     assert!(position > 0);
     assert_eq!(applied, 5);
 
@@ -539,6 +524,17 @@ async fn indexing_a_shadow_table_leaves_all_its_indexes_or_none(pool: PgPool) {
 }
 
 /// A rebuild of order_details, run to the end and swapped in.
+/// A rebuild's recorded checkpoint position and the events it counts as applied.
+async fn rebuild_checkpoint(pool: &PgPool, name: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT checkpoint_position, events_applied FROM projection_rebuilds WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .expect("the rebuild's row")
+}
+
 async fn order_details_swapped(
     pool: &PgPool,
     options: Options,

@@ -21,17 +21,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
-
 use infra::event_store::{Checkpoint, StoreError};
 use infra::projection::{
     ApplyError, Decoded, Fold, Projection, Read, Table, decode_log_rows, decode_read, distribute,
     event_types_of, last_of_log_rows, read_log, read_log_rows,
 };
 use serde::Serialize;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::task::JoinHandle;
 
 use crate::writers::Writers;
-use sqlx::{Connection, PgConnection, PgPool, Row};
 
 /// Build and swap, or only build and compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,10 +40,20 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
 /// - `jit = off`: our statements are short, and PostgreSQL's cost-based JIT (on by default
 ///   since 13) compiled the projection status query (its plan is costed at millions for a
 ///   `count(*)` with a high `LIMIT`) on every call: 270-870 ms per call, and an eighth of
-///   all CPU under benchmark load went to LLVM (BENCHMARKS.md).
+///   all CPU under benchmark load went to LLVM (BENCHMARKS.md);
+/// - `enable_seqscan = off`: every statement of the services finds its rows through an
+///   index, but PostgreSQL plans a prepared statement once for all (a generic plan, after
+///   five executions) with the table's size at that moment. Planned while a fresh system's
+///   tables held a handful of rows, a load by key (`= ANY($1)`) or a save joined to
+///   `UNNEST` became a sequential scan, and stayed one as the table grew, until an
+///   `ANALYZE` or `VACUUM` of it (never, with autovacuum off): 500 million rows of
+///   `fulfillment_sagas` read in a three-minute benchmark, the saga's p99 above a second
+///   (BENCHMARKS.md, sixth session). Off, a scan is still used where no index serves;
+///   `ordo` (rebuilds compare whole tables) and ad-hoc tools do not take these settings.
 pub fn tune(options: PgConnectOptions, settings: &DatabaseSettings) -> PgConnectOptions {
     options.options([
         ("jit", "off".to_owned()),
+        ("enable_seqscan", "off".to_owned()),
         (
             "lock_timeout",
             format!("{}ms", settings.lock_timeout.as_millis()),

@@ -27,6 +27,8 @@ async fn every_session_carries_our_settings(_: PgPoolOptions, connect: PgConnect
     assert_eq!(show("statement_timeout").await, "5678ms");
     // JIT compiled our short statements for hundreds of milliseconds each (see db::tune).
     assert_eq!(show("jit").await, "off");
+    // A generic plan made while a table was tiny must not scan it once it has grown.
+    assert_eq!(show("enable_seqscan").await, "off");
     pool.close().await;
 }
 

@@ -1167,17 +1167,23 @@ async fn rebuild_all_to_the_end(pool: &PgPool) -> Vec<serde_json::Value> {
     reports
 }
 
+/// The shop's history and 150 restocks after it, enough for a pass one event a batch to be
+/// killed well under way, with every read model built live.
+async fn a_long_history_built_live(pool: &PgPool) {
+    let shop = Shop::new(pool);
+    shop.history().await;
+    for n in 0..150u32 {
+        restock_a_mug(&shop, n).await;
+    }
+    build_live(pool).await;
+}
+
 /// `ordo projections rebuild --all` killed (SIGKILL) while every projection folds, after
 /// timeline rows went out: no checkpoint moved, and the next run empties the shadows, starts
 /// over and swaps in the live models.
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_pass_killed_while_folding_starts_over_and_swaps_in_the_same_models(pool: PgPool) {
-    let shop = Shop::new(&pool);
-    shop.history().await;
-    for n in 0..150u32 {
-        restock_a_mug(&shop, n).await;
-    }
-    build_live(&pool).await;
+    a_long_history_built_live(&pool).await;
     let live_before = rows(&pool, "order_details_v1").await;
     rebuild_all_killed_once(
         &pool,
@@ -1208,12 +1214,7 @@ async fn a_pass_killed_while_folding_starts_over_and_swaps_in_the_same_models(po
 
 #[sqlx::test(migrator = "infra::db::MIGRATOR")]
 async fn a_pass_killed_mid_batch_resumes_and_swaps_in_the_same_models(pool: PgPool) {
-    let shop = Shop::new(&pool);
-    shop.history().await;
-    for n in 0..150u32 {
-        restock_a_mug(&shop, n).await;
-    }
-    build_live(&pool).await;
+    a_long_history_built_live(&pool).await;
     let live_before = rows(&pool, "inventory_v1").await;
     // `ordo projections rebuild --all`, one event per batch and batch by batch (a run
     // folding in memory commits nothing before it writes out), killed (SIGKILL: no
